@@ -1,0 +1,35 @@
+# Developer entry points. `make test` creates .venv from requirements.txt on first use.
+PY ?= python3
+VENV := .venv
+BIN := $(VENV)/bin
+
+.PHONY: venv test test-slow lint format bench clean
+
+$(BIN)/.installed: requirements.txt
+	$(PY) -m venv $(VENV)
+	$(BIN)/pip install -q --upgrade pip
+	$(BIN)/pip install -q -r requirements.txt
+	touch $@
+
+venv: $(BIN)/.installed
+
+lint: venv
+	$(BIN)/ruff check .
+	$(BIN)/ruff format --check .
+
+test: venv lint
+	$(BIN)/python -m pytest -q tests
+
+test-slow: venv
+	$(BIN)/python -m pytest -q -m slow tests
+
+format: venv
+	$(BIN)/ruff format .
+	$(BIN)/ruff check --fix .
+
+bench: venv
+	$(BIN)/python bench/sampler_overhead.py
+	$(BIN)/python bench/ode_vs_host.py
+
+clean:
+	rm -rf $(VENV) .pytest_cache .ruff_cache

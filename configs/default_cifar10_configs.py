@@ -1,0 +1,133 @@
+"""Default hyperparameters for CIFAR-10 (32x32); the experiment configs override these.
+
+Transcribed field for field from yang-song/score_sde `configs/default_cifar10_configs.py`.
+Fields marked "(project)" are not in the original; they select offline data and local
+evaluation assets for this reimplementation.
+"""
+
+import ml_collections
+
+
+def get_default_configs():
+    config = ml_collections.ConfigDict()
+    # training
+    config.training = training = ml_collections.ConfigDict()
+    # Global batch size (summed over all devices); must be divisible by the device count.
+    config.training.batch_size = 128
+    # Number of training steps; the loop runs steps 0..n_iters inclusive, hence the trailing 1.
+    training.n_iters = 1300001
+    # Steps between kept checkpoints (checkpoint_k with k = step // snapshot_freq).
+    training.snapshot_freq = 50000
+    # Steps between training-loss log lines.
+    training.log_freq = 50
+    # Steps between evaluations of the loss on one eval batch (with the EMA params).
+    training.eval_freq = 100
+    # Steps between preemption checkpoints (only the latest one is kept).
+    training.snapshot_freq_for_preemption = 10000
+    # Whether to draw training.batch_size samples at each kept snapshot.
+    training.snapshot_sampling = True
+    # Weight the continuous DSM loss by g(t)^2 (likelihood weighting) instead of sigma(t)^2.
+    training.likelihood_weighting = False
+    # True: continuous-time DSM loss; False: the discrete SMLD (VE) or DDPM (VP) loss.
+    training.continuous = True
+    # Train steps fused into one jitted call with lax.scan; every *_freq must be divisible by it.
+    training.n_jitted_steps = 5
+    # True: mean over pixels in the loss; False: 0.5 * sum over pixels.
+    training.reduce_mean = False
+
+    # sampling
+    config.sampling = sampling = ml_collections.ConfigDict()
+    # Corrector steps per noise level in the PC sampler.
+    sampling.n_steps_each = 1
+    # Return the noise-free mean of the last predictor step ("denoising" step).
+    sampling.noise_removal = True
+    # Use the probability-flow ODE in the reverse-diffusion predictor (deterministic).
+    sampling.probability_flow = False
+    # Signal-to-noise ratio that sets the Langevin corrector step size.
+    sampling.snr = 0.16
+
+    # evaluation
+    config.eval = evaluate = ml_collections.ConfigDict()
+    # First checkpoint index k (checkpoint_k) to evaluate.
+    evaluate.begin_ckpt = 9
+    # Last checkpoint index to evaluate (inclusive); evaluation waits for missing ones.
+    evaluate.end_ckpt = 26
+    # Global batch size for evaluation losses, bpd and sampling.
+    evaluate.batch_size = 1024
+    # Draw eval.num_samples samples and compute FID / IS / KID.
+    evaluate.enable_sampling = False
+    # Number of samples for FID / IS / KID.
+    evaluate.num_samples = 50000
+    # Compute the loss over the whole eval split (with the EMA params).
+    evaluate.enable_loss = True
+    # Compute bits/dim with the probability-flow ODE.
+    evaluate.enable_bpd = False
+    # Split for bpd: 'test' (5 passes) or 'train' (1 pass).
+    evaluate.bpd_dataset = "test"
+    # (project) Local directory of the TF-Hub Inception module; '' = download from the TF-Hub URL.
+    evaluate.inception_path = ""
+    # (project) Dataset FID statistics file (.npz with pool_3); '' = the original's default path.
+    evaluate.stats_path = ""
+
+    # data
+    config.data = data = ml_collections.ConfigDict()
+    # Dataset name: 'CIFAR10', 'SVHN', 'CELEBA', 'LSUN', 'FFHQ' or 'CelebAHQ'.
+    data.dataset = "CIFAR10"
+    # Side length of the square images in pixels.
+    data.image_size = 32
+    # Random horizontal flips during training (never at evaluation).
+    data.random_flip = True
+    # True: data scaled to [-1, 1]; False: data kept in [0, 1].
+    data.centered = False
+    # Uniform dequantisation (U[0, 1) + 255 x) / 256 of the training data.
+    data.uniform_dequantization = False
+    # Number of image channels.
+    data.num_channels = 3
+    # (project) Data source: 'tfds', 'idx', 'cifar_archive', 'image_folder', 'npz' or 'tfrecords'.
+    data.source = "tfds"
+    # (project) Location of offline data (file or folder) for the non-tfds sources; '' = unused.
+    data.path = ""
+    # (project) tfds data_dir; '' = the tfds default (~/tensorflow_datasets).
+    data.data_dir = ""
+    # (project) tfds manual_dir for datasets that need a manual download; '' = the tfds default.
+    data.manual_dir = ""
+
+    # model
+    config.model = model = ml_collections.ConfigDict()
+    # Smallest noise scale of the VE SDE / SMLD.
+    model.sigma_min = 0.01
+    # Largest noise scale of the VE SDE / SMLD (about the largest pairwise data distance). A float
+    # so that CLI overrides may be fractional (some originals write an int).
+    model.sigma_max = 50.0
+    # Number of discretisation steps N (noise levels for discrete training and for sampling).
+    model.num_scales = 1000
+    # beta(0) of the VP / sub-VP SDE (beta_min / N per step in DDPM terms).
+    model.beta_min = 0.1
+    # beta(1) of the VP / sub-VP SDE.
+    model.beta_max = 20.0
+    # Dropout rate in the residual blocks.
+    model.dropout = 0.1
+    # Noise-level embedding: 'fourier' (Gaussian Fourier features of log sigma) or 'positional'.
+    model.embedding_type = "fourier"
+
+    # optimization
+    config.optim = optim = ml_collections.ConfigDict()
+    # Weight decay (0 = none).
+    optim.weight_decay = 0
+    # Optimiser; only 'Adam' is supported.
+    optim.optimizer = "Adam"
+    # Peak learning rate (reached after optim.warmup steps).
+    optim.lr = 2e-4
+    # Adam beta1 (beta2 is fixed at 0.999).
+    optim.beta1 = 0.9
+    # Adam epsilon.
+    optim.eps = 1e-8
+    # Linear learning-rate warm-up steps: lr * min(step / warmup, 1); 0 = no warm-up.
+    optim.warmup = 5000
+    # Global gradient-norm clipping threshold; negative = no clipping.
+    optim.grad_clip = 1.0
+
+    # Random seed for initialisation, training and sampling.
+    config.seed = 42
+
+    return config

@@ -1,0 +1,1 @@
+"""Score networks as flax.linen modules (NCSN++, DDPM++, DDPM, NCSNv2, NCSN)."""

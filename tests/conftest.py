@@ -1,0 +1,31 @@
+"""Shared pytest fixtures. Tests run on CPU; nothing is downloaded."""
+
+import os
+import pathlib
+import sys
+
+# Simulated devices for the sharding tests; must be set before jax is imported anywhere.
+os.environ.setdefault("XLA_FLAGS", "--xla_force_host_platform_device_count=8")
+os.environ.setdefault("JAX_PLATFORMS", "cpu")
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+
+ROOT = pathlib.Path(__file__).resolve().parents[1]
+if str(ROOT) not in sys.path:
+    sys.path.insert(0, str(ROOT))
+
+import jax  # noqa: E402
+import pytest  # noqa: E402
+
+SHARED = ROOT.parent / "shared"
+
+
+@pytest.fixture
+def key():
+    return jax.random.key(0)
+
+
+@pytest.fixture
+def shared_dir():
+    if not SHARED.exists():
+        pytest.skip("../shared is not present")
+    return SHARED
