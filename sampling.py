@@ -25,7 +25,6 @@ from collections.abc import Callable
 import diffrax
 import jax
 import jax.numpy as jnp
-import numpy as np
 from jax import Array
 
 import sde_lib
@@ -207,7 +206,8 @@ def _check_shape(shape) -> tuple[int, ...]:
 
 
 def _constrain(x: Array, sharding) -> Array:
-    return x if sharding is None else jax.lax.with_sharding_constraint(x, sharding)
+    """Places the batch on `sharding` inside jit (works for Auto and Explicit mesh axes)."""
+    return x if sharding is None else jax.device_put(x, sharding)
 
 
 # --------------------------------------------------------------------------------------------
@@ -243,7 +243,8 @@ def get_pc_sampler(
       denoise: return the noise-free mean of the last step.
       eps: final time; the grid is `linspace(T, eps, N)`.
       inverse_scaler: applied to the output (None means identity).
-      sharding: optional sharding of the batch (e.g. `NamedSharding(mesh, P('data'))`).
+      sharding: optional sharding of the batch, e.g. `NamedSharding(mesh, P('data'))` over a
+        mesh with `AxisType.Auto` axes.
 
     Returns:
       `sampler(key) -> (x, nfe)`, jitted; `nfe` is the number of score evaluations.

@@ -154,6 +154,11 @@ class _DDPMTables:
 
     @functools.cached_property
     def discrete_betas(self) -> np.ndarray:
+        if self.beta_max / self.N >= 1.0:
+            raise ValueError(
+                f"The DDPM discretization needs beta_max / N < 1, got beta_max={self.beta_max}, "
+                f"N={self.N}: increase N (model.num_scales) above {self.beta_max:g}"
+            )
         return np.linspace(self.beta_min / self.N, self.beta_max / self.N, self.N)
 
     @functools.cached_property

@@ -40,8 +40,9 @@ def shrink(config, *, nf=16):
     data.source = "npz"
 
     model = config.model
-    # N = 10 noise levels / time steps for discrete training and for sampling.
-    model.num_scales = 10
+    # N noise levels / time steps for discrete training and for sampling: 10 for VE; 25 for
+    # VP / sub-VP, whose DDPM tables need beta_max / N < 1 (20 / 25 = 0.8).
+    model.num_scales = 10 if config.training.sde == "vesde" else 25
     model.nf = nf
     if "ch_mult" in model:
         # Two resolutions (16 and 8), one block each, attention at 8x8.

@@ -2,7 +2,7 @@
 
 `vp/ddpm/cifar10` shrunk for tests and smoke runs: nf=32 (the DDPM blocks use GroupNorm with 32
 groups, so nf must be a multiple of 32), ch_mult=(1, 2), one res block, 16x16 images, batch 4,
-N=10, 6 steps. Same key tree as the full config.
+N=25 (VP: beta_max / N < 1), 6 steps. Same key tree as the full config.
 """
 
 from configs.testing import _shrink
