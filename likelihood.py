@@ -121,3 +121,20 @@ def get_likelihood_fn(
         return bpd, z, nfe
 
     return likelihood_fn
+
+
+def get_model_likelihood_fn(sde, model, inverse_scaler, *, hutchinson_type="Rademacher", eps=1e-5):
+    """`bpd_fn(key, params, x) -> (bpd, z, nfe)` for a Flax score network.
+
+    As the original, the network is queried as a continuous-time model (`continuous=True`).
+    """
+    from models import utils as mutils
+
+    def bpd_fn(key, params, x):
+        score_fn = mutils.get_score_fn(sde, model, params, train=False, continuous=True)
+        fn = get_likelihood_fn(
+            sde, score_fn, hutchinson_type=hutchinson_type, eps=eps, inverse_scaler=inverse_scaler
+        )
+        return fn(key, x)
+
+    return jax.jit(bpd_fn)

@@ -384,3 +384,60 @@ def get_ode_sampler(
         return ode_sampler(key, z)
 
     return sampler
+
+
+# --------------------------------------------------------------------------------------------
+# Config-level wrapper (the original `get_sampling_fn`).
+# --------------------------------------------------------------------------------------------
+
+
+def get_sampling_fn(config, sde, model, shape, inverse_scaler, eps, sharding=None):
+    """Builds `sampling_fn(key, params) -> (x, nfe)` from `config.sampling` for a Flax model.
+
+    `config.sampling.method` is 'pc' (predictor, corrector, snr, n_steps_each,
+    probability_flow, noise_removal) or 'ode' (diffrax Dopri5 at rtol = atol = 1e-5, denoise =
+    noise_removal). As the original, the ODE path queries the model as a continuous one.
+    The function is jitted once; params are an argument, so new params do not recompile.
+    """
+    from models import utils as mutils
+
+    method = config.sampling.method.lower()
+    continuous = config.training.continuous
+    if method == "pc":
+        get_predictor(config.sampling.predictor)
+        get_corrector(config.sampling.corrector)
+
+        def build(params):
+            score_fn = mutils.get_score_fn(sde, model, params, train=False, continuous=continuous)
+            return get_pc_sampler(
+                sde,
+                score_fn,
+                shape,
+                config.sampling.predictor,
+                config.sampling.corrector,
+                snr=config.sampling.snr,
+                n_steps=config.sampling.n_steps_each,
+                probability_flow=config.sampling.probability_flow,
+                denoise=config.sampling.noise_removal,
+                eps=eps,
+                inverse_scaler=inverse_scaler,
+                sharding=sharding,
+            )
+
+        return jax.jit(lambda key, params: build(params)(key))
+    if method == "ode":
+
+        def build_ode(params):
+            score_fn = mutils.get_score_fn(sde, model, params, train=False, continuous=True)
+            return get_ode_sampler(
+                sde,
+                score_fn,
+                shape,
+                denoise=config.sampling.noise_removal,
+                eps=eps,
+                inverse_scaler=inverse_scaler,
+                sharding=sharding,
+            )
+
+        return jax.jit(lambda key, params: build_ode(params)(key))
+    raise ValueError(f"Unknown config.sampling.method {method!r}; valid: ['ode', 'pc']")

@@ -65,10 +65,15 @@ def get_default_configs():
     evaluate.enable_bpd = False
     # Split for bpd: 'test' (5 passes) or 'train' (1 pass).
     evaluate.bpd_dataset = "test"
-    # (project) Local directory of the TF-Hub Inception module; '' = download from the TF-Hub URL.
+    # (project) Local dir of the TF-Hub Inception module; '' = the TF-Hub URL; 'none' = skip FID/IS.
     evaluate.inception_path = ""
     # (project) Dataset FID statistics file (.npz with pool_3); '' = the original's default path.
     evaluate.stats_path = ""
+    # (project) Offline feature extractor directory (evaluation.train_feature_extractor) for
+    # fd_<name> / kid_<name> metrics when Inception is unavailable; '' = none.
+    evaluate.feature_extractor_path = ""
+    # (project) Seconds evaluate() waits for a checkpoint that does not exist yet.
+    evaluate.wait_timeout = 3600.0
 
     # data
     config.data = data = ml_collections.ConfigDict()

@@ -1,0 +1,119 @@
+"""Small run utilities: config dump, metric logging (JSONL + TensorBoard), sample grids."""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import time
+
+import jax
+import numpy as np
+from absl import logging
+
+
+def is_main_process() -> bool:
+    return jax.process_index() == 0
+
+
+def count_params(params) -> int:
+    return int(sum(np.prod(np.shape(p)) for p in jax.tree.leaves(params)))
+
+
+def write_config(config, workdir: str) -> None:
+    """Logs the resolved config and writes `workdir/config.json` (process 0 only)."""
+    logging.info("Config:\n%s", config)
+    if is_main_process():
+        with open(os.path.join(workdir, "config.json"), "w") as f:
+            f.write(config.to_json_best_effort(indent=2, sort_keys=True) + "\n")
+
+
+class MetricWriter:
+    """Appends `{"step", "time", **scalars}` lines to `metrics.jsonl` and TensorBoard scalars.
+
+    Only process 0 writes; TensorBoard is optional (skipped if TensorFlow is unavailable).
+    """
+
+    def __init__(self, workdir: str, filename: str = "metrics.jsonl", tensorboard: bool = True):
+        self.path = os.path.join(workdir, filename)
+        self._tb = None
+        if is_main_process() and tensorboard:
+            try:
+                import tensorflow as tf
+
+                self._tf = tf
+                self._tb = tf.summary.create_file_writer(os.path.join(workdir, "tensorboard"))
+            except Exception as e:  # noqa: BLE001 - TensorBoard is a convenience
+                logging.warning("TensorBoard disabled: %s", e)
+
+    def write(self, step: int, **scalars) -> None:
+        if not is_main_process():
+            return
+        parts = " ".join(f"{k} {v:.5g}" for k, v in scalars.items())
+        logging.info("step %d: %s", step, parts)
+        with open(self.path, "a") as f:
+            f.write(json.dumps({"step": int(step), "time": time.time(), **scalars}) + "\n")
+        if self._tb is not None:
+            with self._tb.as_default():
+                for k, v in scalars.items():
+                    self._tf.summary.scalar(k, v, step=int(step))
+            self._tb.flush()
+
+    def close(self) -> None:
+        if self._tb is not None:
+            self._tb.close()
+
+
+def read_metrics(path: str) -> list[dict]:
+    with open(path) as f:
+        return [json.loads(line) for line in f if line.strip()]
+
+
+def to_uint8(images) -> np.ndarray:
+    """[0, 1] floats -> uint8 by flooring, as the original (`np.clip(x * 255, 0, 255)`)."""
+    return np.clip(np.asarray(images) * 255.0, 0, 255).astype(np.uint8)
+
+
+def image_grid(images_uint8: np.ndarray, nrow: int | None = None, padding: int = 2) -> np.ndarray:
+    """Tiles `[N, H, W, C]` uint8 images into one `[rows*(H+p)+p, cols*(W+p)+p, C]` grid."""
+    n, h, w, c = images_uint8.shape
+    nrow = nrow or int(math.ceil(math.sqrt(n)))
+    ncol = int(math.ceil(n / nrow))
+    grid = np.zeros((ncol * (h + padding) + padding, nrow * (w + padding) + padding, c), np.uint8)
+    for i in range(n):
+        r, col = divmod(i, nrow)
+        y, x = padding + r * (h + padding), padding + col * (w + padding)
+        grid[y : y + h, x : x + w] = images_uint8[i]
+    return grid
+
+
+def save_sample_grid(images, directory: str, name: str = "sample") -> str:
+    """Writes `name.npz` (uint8 samples) and `name.png` (grid) into `directory`."""
+    from PIL import Image
+
+    if not is_main_process():
+        return directory
+    os.makedirs(directory, exist_ok=True)
+    samples = to_uint8(images)
+    np.savez_compressed(os.path.join(directory, f"{name}.npz"), samples=samples)
+    grid = image_grid(samples)
+    if grid.shape[-1] == 1:
+        grid = grid[..., 0]
+    path = os.path.join(directory, f"{name}.png")
+    Image.fromarray(grid).save(path)
+    return path
+
+
+class _DropLibraryInfo:
+    """absl-handler filter that drops INFO/DEBUG records of chatty libraries (Orbax)."""
+
+    def filter(self, record) -> bool:
+        path = getattr(record, "pathname", "")
+        return record.levelno >= 30 or not ("/orbax/" in path or "/etils/" in path)
+
+
+def quiet_library_logs() -> None:
+    """Keeps Orbax's per-save INFO lines out of the run log (warnings still show)."""
+    handler = logging.get_absl_handler()
+    if not any(isinstance(f, _DropLibraryInfo) for f in handler.filters):
+        handler.addFilter(_DropLibraryInfo())
