@@ -99,7 +99,7 @@ def get_likelihood_fn(
     # Offset of the original code: log2 |d inverse_scaler / dx| + 8 == 7 - inverse_scaler(-1)
     # for the affine scalers used here.
     scaler = inverse_scaler or (lambda v: v)
-    offset = 7.0 - float(scaler(jnp.asarray(-1.0)))
+    offset = 7.0 - float(np.asarray(scaler(np.float64(-1.0))))  # NumPy: safe under tracing
 
     @jax.jit
     def likelihood_fn(key, x):

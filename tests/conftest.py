@@ -29,3 +29,11 @@ def shared_dir():
     if not SHARED.exists():
         pytest.skip("../shared is not present")
     return SHARED
+
+
+# Programs compiled by one test (the tiny train step, samplers) are reused by later tests and
+# by the subprocesses some tests start: a persistent compilation cache inside .pytest_cache.
+_CACHE = ROOT / ".pytest_cache" / "jax_compilation_cache"
+os.environ.setdefault("JAX_COMPILATION_CACHE_DIR", str(_CACHE))
+jax.config.update("jax_compilation_cache_dir", os.environ["JAX_COMPILATION_CACHE_DIR"])
+jax.config.update("jax_persistent_cache_min_compile_time_secs", 0.5)

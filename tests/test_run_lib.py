@@ -1,0 +1,205 @@
+"""Training and evaluation end to end on the tiny DDPM++ config with a small .npz dataset.
+
+Covers: resume equals an uninterrupted run bit for bit; a corrupt latest checkpoint is skipped;
+a non-finite loss stops the run without saving the bad state; a sharded train step on 8
+simulated devices equals the single-device step; evaluate() end to end (loss, bpd, samples)
+and its resumption.
+"""
+
+import os
+import shutil
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+from jax.sharding import NamedSharding
+from jax.sharding import PartitionSpec as P
+
+import losses
+import run_lib
+from configs.testing import ddpmpp_tiny
+from models import utils as mutils
+
+
+def make_npz(path, n_train=32, n_test=16, size=8, channels=3, seed=0):
+    rng = np.random.default_rng(seed)
+    np.savez(
+        path,
+        x_train=rng.integers(0, 256, (n_train, size, size, channels), dtype=np.uint8),
+        y_train=rng.integers(0, 10, n_train),
+        x_test=rng.integers(0, 256, (n_test, size, size, channels), dtype=np.uint8),
+        y_test=rng.integers(0, 10, n_test),
+    )
+    return str(path)
+
+
+def tiny_config(data_path, **overrides):
+    """ddpmpp_tiny shrunk further for tests: 8x8 images, one resolution, no sampling."""
+    config = ddpmpp_tiny.get_config()
+    config.data.path = data_path
+    config.data.image_size = 8
+    config.model.ch_mult = (1,)
+    config.model.attn_resolutions = (8,)
+    config.training.snapshot_sampling = False
+    # Divisible by the 8 simulated devices of the test session.
+    config.training.batch_size = 8
+    config.eval.batch_size = 8
+    for key, value in overrides.items():
+        node = config
+        *parents, leaf = key.split(".")
+        for p in parents:
+            node = node[p]
+        node[leaf] = value
+    return config
+
+
+@pytest.fixture(scope="module")
+def data_path(tmp_path_factory):
+    return make_npz(tmp_path_factory.mktemp("data") / "data.npz")
+
+
+def _params(workdir, step=None):
+    config = tiny_config("")
+    model = mutils.get_model(config)
+    tx = losses.get_optimizer(config)
+    abstract = jax.eval_shape(
+        lambda: run_lib.create_train_state(config, model, tx, jax.random.key(0))
+    )
+    manager = run_lib.checkpoint_manager(str(workdir), config)
+    step = manager.latest_step() if step is None else step
+    state = run_lib.restore_checkpoint(manager, abstract, step, tx)
+    manager.close()
+    return state
+
+
+@pytest.fixture(scope="module")
+def six_step_run(tmp_path_factory, data_path):
+    workdir = tmp_path_factory.mktemp("run6")
+    run_lib.train(tiny_config(data_path), str(workdir))
+    return workdir
+
+
+def test_resume_equals_uninterrupted_run(tmp_path, data_path, six_step_run):
+    workdir = tmp_path / "resumed"
+    run_lib.train(tiny_config(data_path, **{"training.n_iters": 3}), str(workdir))
+    assert _params(workdir).step == 3
+    run_lib.train(tiny_config(data_path), str(workdir))  # resumes at 3, runs to 6
+    resumed, full = _params(workdir), _params(six_step_run)
+    assert int(resumed.step) == int(full.step) == 6
+    for a, b in zip(jax.tree.leaves(resumed.params), jax.tree.leaves(full.params), strict=True):
+        np.testing.assert_array_equal(a, b)
+    for a, b in zip(jax.tree.leaves(resumed.opt_state), jax.tree.leaves(full.opt_state)):
+        np.testing.assert_array_equal(a, b)
+    lines = [line for line in open(workdir / "metrics.jsonl") if "training_loss" in line]
+    assert len(lines) == 6  # log_freq 1: steps 1-3, then 4-6 after the resume
+    assert (workdir / "config.json").exists()
+    assert sorted(os.listdir(six_step_run / "checkpoints")) == ["3", "6"]  # keep_period 3
+
+
+def test_corrupt_latest_checkpoint_is_skipped(tmp_path, six_step_run, caplog):
+    workdir = tmp_path / "corrupt"
+    shutil.copytree(six_step_run, workdir)
+    # Truncate every data file of the latest checkpoint.
+    for root, _, files in os.walk(workdir / "checkpoints" / "6"):
+        for name in files:
+            path = os.path.join(root, name)
+            if os.path.getsize(path) > 16:
+                with open(path, "r+b") as f:
+                    f.truncate(8)
+    config = tiny_config("")
+    model = mutils.get_model(config)
+    tx = losses.get_optimizer(config)
+    abstract = jax.eval_shape(
+        lambda: run_lib.create_train_state(config, model, tx, jax.random.key(0))
+    )
+    manager = run_lib.checkpoint_manager(str(workdir), config)
+    state, step = run_lib.restore_latest_good(manager, abstract, tx)
+    assert step == 3 and int(state.step) == 3
+    assert "could not be restored" in caplog.text
+
+
+def test_non_finite_loss_stops_and_keeps_last_good_checkpoint(tmp_path, data_path, monkeypatch):
+    workdir = tmp_path / "nan"
+    run_lib.train(tiny_config(data_path, **{"training.n_iters": 2}), str(workdir))
+    original = run_lib.get_loss_fn
+
+    def nan_loss_fn(config, sde, model, train):
+        fn = original(config, sde, model, train)
+        return lambda key, params, x: fn(key, params, x) * jnp.nan
+
+    monkeypatch.setattr(run_lib, "get_loss_fn", nan_loss_fn)
+    with pytest.raises(FloatingPointError, match="Non-finite training loss nan at step 3"):
+        run_lib.train(tiny_config(data_path), str(workdir))
+    assert sorted(os.listdir(workdir / "checkpoints")) == ["2"]
+
+
+def test_sharded_train_step_matches_single_device(data_path):
+    if jax.device_count() < 8:
+        pytest.skip("needs 8 (simulated) devices")
+    config = tiny_config(data_path)
+    sde, _ = run_lib.get_sde(config)
+    model = mutils.get_model(config)
+    tx = losses.get_optimizer(config)
+    loss_fn = run_lib.get_loss_fn(config, sde, model, train=True)
+    images = jax.random.uniform(jax.random.key(1), (1, 8, 8, 8, 3)) * 2 - 1
+    results = []
+    for devices in (jax.devices()[:1], jax.devices()):
+        mesh = jax.sharding.Mesh(np.array(devices), ("data",))
+        state_sh, batch_sh = NamedSharding(mesh, P()), NamedSharding(mesh, P(None, "data"))
+        step = run_lib.make_train_step(loss_fn, tx, 0.999, jax.random.key(0), state_sh, batch_sh)
+        state = run_lib.create_train_state(config, model, tx, jax.random.key(2))
+        # Two steps: the first has lr 0 (warm-up), the second moves the params.
+        config_state = jax.device_put(state, state_sh)
+        config_state, loss1 = step(config_state, jax.device_put(images, batch_sh))
+        config_state, loss2 = step(config_state, jax.device_put(images, batch_sh))
+        results.append((config_state, np.concatenate([loss1, loss2])))
+    (single, l1), (sharded, l8) = results
+    np.testing.assert_allclose(l8, l1, rtol=1e-5)
+    for a, b in zip(jax.tree.leaves(sharded.params), jax.tree.leaves(single.params), strict=True):
+        np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-6)
+    assert len(jax.tree.leaves(sharded.params)[0].sharding.device_set) == 8
+
+
+def test_evaluate_loss_bpd_and_resumable_sampling(tmp_path, data_path, six_step_run, monkeypatch):
+    workdir = tmp_path / "eval"
+    shutil.copytree(six_step_run, workdir)
+    overrides = {
+        "eval.begin_ckpt": 2,
+        "eval.end_ckpt": 2,
+        "eval.enable_bpd": True,
+        "eval.enable_sampling": True,
+        "eval.num_samples": 12,
+        "eval.inception_path": "none",
+        "eval.wait_timeout": 1.0,
+        "model.num_scales": 25,
+    }
+    config = tiny_config(data_path, **overrides)
+    # Kill the sampling after its first round, then resume.
+    calls = {"n": 0}
+    original = run_lib._sample_rounds.__globals__["utils"].to_uint8
+
+    def flaky_to_uint8(x):
+        calls["n"] += 1
+        if calls["n"] == 2:
+            raise KeyboardInterrupt("simulated kill")
+        return original(x)
+
+    monkeypatch.setattr(run_lib.utils, "to_uint8", flaky_to_uint8)
+    with pytest.raises(KeyboardInterrupt):
+        run_lib.evaluate(config, str(workdir))
+    folder = workdir / "eval" / "ckpt_2"
+    assert sorted(os.listdir(folder)) == sorted(
+        [f for f in os.listdir(folder) if f.startswith("test_ckpt_2_bpd")] + ["samples_0.npz"]
+    )
+    first_round = np.load(folder / "samples_0.npz")["samples"]
+    monkeypatch.setattr(run_lib.utils, "to_uint8", original)
+    reports = run_lib.evaluate(config, str(workdir))
+    assert len(reports) == 1 and reports[0]["step"] == 6
+    assert np.isfinite(reports[0]["eval_loss"]) and 2.0 < reports[0]["bpd"] < 20.0
+    np.testing.assert_array_equal(np.load(folder / "samples_0.npz")["samples"], first_round)
+    samples = np.concatenate([np.load(folder / f"samples_{r}.npz")["samples"] for r in range(2)])
+    assert samples.shape == (16, 8, 8, 3) and samples.dtype == np.uint8  # 2 rounds of 8
+    assert (workdir / "eval" / "summary.md").exists() and (folder / "grid.png").exists()
+    # A second run reads the finished report instead of recomputing.
+    assert run_lib.evaluate(config, str(workdir)) == reports
