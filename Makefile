@@ -3,7 +3,7 @@ PY ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
 
-.PHONY: venv test test-slow lint format bench clean
+.PHONY: venv demo test test-slow lint format bench clean
 
 $(BIN)/.installed: requirements.txt
 	$(PY) -m venv $(VENV)
@@ -12,6 +12,9 @@ $(BIN)/.installed: requirements.txt
 	touch $@
 
 venv: $(BIN)/.installed
+
+demo: venv
+	bash scripts/demo.sh
 
 lint: venv
 	$(BIN)/ruff check .

@@ -10,8 +10,10 @@ Mirrors `datasets.py` of yang-song/score_sde: the same datasets, splits and prep
   so they suit datasets of CIFAR / MNIST / SVHN size.
 * **Deterministic order and exact resume.** The offline order is a pure function of
   (`config.seed`, split, epoch): every epoch is a fresh permutation of the split; global batch
-  `g` is a slice of it, each host takes the strided part `[process_index::process_count]` and
-  draws its flips and dequantisation noise from a generator seeded by (seed, split, g, host).
+  `g` is a slice of it, each host takes its contiguous block of that slice (host i: the i-th
+  block, where `jax.make_array_from_process_local_data` places it) and flips and dequantisation
+  noise come from a generator seeded by (seed, split, g), so the global batch does not depend on
+  the number of hosts.
   `start_step=k` skips the first `k` training *items* (one item = one yielded `[*batch_dims]`
   batch, i.e. `additional_dim` steps when `additional_dim` is set), so a resumed run sees exactly
   the batches of an uninterrupted one. For 'tfds' / 'tfrecords' the tf.data pipeline is seeded
@@ -498,7 +500,7 @@ class ArrayDataset:
     Every `iter()` starts afresh at item `start_step` and yields the same sequence. Global batch
     `g` (of `batch_size` examples over all hosts) is slice `g % nb` of the permutation of epoch
     `g // nb`, with `nb = N // batch_size` (each epoch drops its last `N % batch_size` examples,
-    different ones every epoch); this host takes every `process_count`-th example of it. An item
+    different ones every epoch); this host takes its contiguous block of it. An item
     stacks `additional_dim` consecutive global batches. With finite `num_epochs`, an incomplete
     last item is dropped (drop_remainder, as the original).
     """
@@ -510,7 +512,7 @@ class ArrayDataset:
         self._preprocess = _numpy_preprocess(spec.name, spec.image_size)
 
     def _permutation(self, epoch: int) -> np.ndarray:
-        # Same on every host, so that the hosts' strided parts are disjoint.
+        # Same on every host, so that the hosts' blocks are disjoint.
         rng = np.random.default_rng([self.spec.seed % 2**32, self.split_id, epoch])
         return rng.permutation(len(self.images))
 
@@ -518,17 +520,22 @@ class ArrayDataset:
         spec = self.spec
         pos = g % self.batches_per_epoch
         index = perm[pos * spec.batch_size : (pos + 1) * spec.batch_size]
-        index = index[spec.process_index :: spec.process_count]  # this host's strided part
-        image = self._preprocess(self.images[index])
-        # Flips and noise: per host and global batch, independent of additional_dim.
-        rng = np.random.default_rng([spec.seed % 2**32, self.split_id, g, spec.process_index])
+        # This host's contiguous block: host i feeds the i-th block of the global batch, which
+        # is where jax.make_array_from_process_local_data puts it, so the global batch (and a
+        # multi-host run) equals the single-host one example for example.
+        per_host = spec.batch_size // spec.process_count
+        block = slice(spec.process_index * per_host, (spec.process_index + 1) * per_host)
+        image = self._preprocess(self.images[index[block]])
+        # Flips and noise are drawn for the whole global batch (seeded by the global batch
+        # index, independent of the host count and of additional_dim), then sliced.
+        rng = np.random.default_rng([spec.seed % 2**32, self.split_id, g])
         if spec.random_flip:
-            flip = rng.random(len(index)) < 0.5
+            flip = (rng.random(spec.batch_size) < 0.5)[block]
             image = np.where(flip[:, None, None, None], image[:, :, ::-1, :], image)
         if spec.uniform_dequantization:
-            noise = rng.random(image.shape, dtype=np.float32)
+            noise = rng.random((spec.batch_size, *image.shape[1:]), dtype=np.float32)[block]
             image = (noise + image * np.float32(255.0)) / np.float32(256.0)
-        return image, self.labels[index]
+        return image, self.labels[index[block]]
 
     def __iter__(self):
         spec = self.spec

@@ -139,7 +139,15 @@ def make_train_step(loss_fn, tx, ema_rate: float, base_key, state_sharding, batc
         return new, loss
 
     def train_step(state, images):
-        return jax.lax.scan(one_step, state, images)
+        if jax.default_backend() != "cpu":
+            return jax.lax.scan(one_step, state, images)
+        # XLA:CPU runs convolution gradients inside while-loop bodies ~30x slower than at top
+        # level (measured: 65 s vs 2 s per DDPM++ step), so on CPU the steps are unrolled.
+        losses_ = []
+        for i in range(images.shape[0]):
+            state, loss = one_step(state, images[i])
+            losses_.append(loss)
+        return state, jnp.stack(losses_)
 
     return jax.jit(
         train_step,
@@ -221,6 +229,11 @@ def restore_checkpoint(manager, abstract: TrainState, step: int, tx=None) -> Tra
     """Restores `step`; a converted checkpoint without `opt_state` gets a fresh one."""
     meta = manager.item_metadata(step)
     keys = set(meta.keys()) if meta is not None else {"step", "params", "ema_params", "opt_state"}
+    # Restore replicated over this run's devices, whatever topology wrote the checkpoint.
+    replicated = NamedSharding(make_mesh(), P())
+    abstract = jax.tree.map(
+        lambda a: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=replicated), abstract
+    )
     target = {"step": abstract.step, "params": abstract.params, "ema_params": abstract.ema_params}
     if "opt_state" in keys:
         target["opt_state"] = abstract.opt_state
@@ -370,6 +383,7 @@ def train(config, workdir: str) -> TrainState:
     num_train_steps = config.training.n_iters
     pending = []  # (first_step, device losses) not yet checked for finiteness
     t_last, step_last = time.perf_counter(), initial_step
+    bar = utils.progress_bar(num_train_steps, initial_step, "train")
     with _StopSignal() as stop:
         step = initial_step
         while step < num_train_steps:
@@ -378,11 +392,13 @@ def train(config, workdir: str) -> TrainState:
             state, loss = train_step(state, images)
             pending.append((step, loss))
             step += n_jitted
+            bar.update(n_jitted)
             if step % config.training.log_freq == 0 or step >= num_train_steps:
                 losses_host = _flush(pending)
                 now = time.perf_counter()
                 rate = (step - step_last) / max(now - t_last, 1e-9)
                 t_last, step_last = now, step
+                bar.set_postfix(loss=f"{losses_host[-1]:.4g}")
                 writer.write(
                     step,
                     training_loss=float(losses_host[-1]),
@@ -416,6 +432,7 @@ def train(config, workdir: str) -> TrainState:
                 )
                 break
     _flush(pending)
+    bar.close()
     manager.close()
     writer.close()
     return state
@@ -524,7 +541,7 @@ def _eval_bpd(config, state, sde, model, folder: str, ckpt: int, mesh) -> float:
         config,
         uniform_dequantization=True,
         evaluation=True,
-        num_epochs=1 if config.eval.bpd_dataset == "train" else 5,
+        num_epochs=1 if config.eval.bpd_dataset == "train" else config.eval.bpd_num_repeats,
     )
     ds = train_ds if config.eval.bpd_dataset == "train" else test_ds
     scaler = datasets.get_data_scaler(config)
@@ -534,6 +551,8 @@ def _eval_bpd(config, state, sde, model, folder: str, ckpt: int, mesh) -> float:
     bpd_key = jax.random.fold_in(jax.random.key(config.seed + 1), ckpt)
     all_bpds = []
     for r, batch in enumerate(ds):
+        if 0 <= config.eval.bpd_max_batches <= r:
+            break
         path = os.path.join(folder, f"{config.eval.bpd_dataset}_ckpt_{ckpt}_bpd_{r}.npz")
         if os.path.exists(path):
             all_bpds.append(np.load(path)["bpd"])

@@ -117,3 +117,23 @@ def quiet_library_logs() -> None:
     handler = logging.get_absl_handler()
     if not any(isinstance(f, _DropLibraryInfo) for f in handler.filters):
         handler.addFilter(_DropLibraryInfo())
+
+
+class _NoBar:
+    def update(self, n=1):
+        del n
+
+    def set_postfix(self, **kwargs):
+        del kwargs
+
+    def close(self):
+        pass
+
+
+def progress_bar(total: int, initial: int = 0, desc: str = ""):
+    """A tqdm bar on process 0 (a no-op elsewhere), for host-side loops."""
+    if not is_main_process():
+        return _NoBar()
+    from tqdm import tqdm
+
+    return tqdm(total=total, initial=initial, desc=desc, unit="step", dynamic_ncols=True)

@@ -82,6 +82,10 @@ def get_default_configs():
     evaluate.feature_extractor_path = ""
     # (project) Seconds evaluate() waits for a checkpoint that does not exist yet.
     evaluate.wait_timeout = 3600.0
+    # (project) Passes over the test split for bits/dim (the original: 5; the train split: 1).
+    evaluate.bpd_num_repeats = 5
+    # (project) Stop bits/dim after this many batches; -1 = the whole split (the original).
+    evaluate.bpd_max_batches = -1
 
     # data
     config.data = data = ml_collections.ConfigDict()

@@ -395,16 +395,22 @@ def test_every_epoch_is_a_fresh_permutation(cifar_npz):
 
 
 def test_process_count_splits_global_batch(cifar_npz, monkeypatch):
-    config = make_config(path=cifar_npz[0], image_size=32)
+    config = make_config(path=cifar_npz[0], image_size=32, random_flip=True)
     config.training.batch_size = 8
-    single, _, _ = datasets.get_dataset(config)
-    global_batches = [to_uint8(item["image"]) for _, item in zip(range(6), single)]
+    single, _, _ = datasets.get_dataset(config, uniform_dequantization=True)
+    exact = [item["image"] for _, item in zip(range(6), single)]
+    global_batches = [to_uint8(x) for x in exact]
     monkeypatch.setattr(jax, "process_count", lambda: 2)
     hosts = []
     for index in (0, 1):
         monkeypatch.setattr(jax, "process_index", lambda index=index: index)
-        train_ds, _, _ = datasets.get_dataset(config)
-        hosts.append([to_uint8(item["image"]) for _, item in zip(range(6), train_ds)])
+        train_ds, _, _ = datasets.get_dataset(config, uniform_dequantization=True)
+        hosts.append([item["image"] for _, item in zip(range(6), train_ds)])
+    for step, whole in enumerate(exact):
+        # Host i holds the i-th block of the global batch, noise and flips included, so the
+        # batch assembled across hosts equals the single-host batch exactly.
+        np.testing.assert_array_equal(np.concatenate([hosts[0][step], hosts[1][step]]), whole)
+    hosts = [[to_uint8(x) for x in h] for h in hosts]
     for step, whole in enumerate(global_batches):
         part0, part1 = hosts[0][step], hosts[1][step]
         assert part0.shape == part1.shape == (4, 32, 32, 3)

@@ -8,6 +8,10 @@ and its resumption.
 
 import os
 import shutil
+import signal
+import subprocess
+import sys
+import time
 
 import jax
 import jax.numpy as jnp
@@ -203,3 +207,124 @@ def test_evaluate_loss_bpd_and_resumable_sampling(tmp_path, data_path, six_step_
     assert (workdir / "eval" / "summary.md").exists() and (folder / "grid.png").exists()
     # A second run reads the finished report instead of recomputing.
     assert run_lib.evaluate(config, str(workdir)) == reports
+
+
+# --------------------------------------------------------------------------------------------
+# main.py in subprocesses: signals, SIGKILL, two-process jax.distributed.
+# --------------------------------------------------------------------------------------------
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+def _main_cmd(data_path, workdir, n_iters, *extra):
+    return [
+        sys.executable,
+        os.path.join(ROOT, "main.py"),
+        "--config",
+        os.path.join(ROOT, "configs/testing/ddpmpp_tiny.py"),
+        "--mode",
+        "train",
+        f"--workdir={workdir}",
+        f"--config.data.path={data_path}",
+        "--config.data.image_size=8",
+        "--config.model.ch_mult=(1,)",
+        "--config.model.attn_resolutions=(8,)",
+        "--config.training.snapshot_sampling=False",
+        "--config.training.batch_size=8",
+        "--config.eval.batch_size=8",
+        f"--config.training.n_iters={n_iters}",
+        *extra,
+    ]
+
+
+def _env(devices):
+    env = dict(os.environ)
+    env.update(
+        XLA_FLAGS=f"--xla_force_host_platform_device_count={devices}",
+        JAX_PLATFORMS="cpu",
+        JAX_CPU_COLLECTIVES_IMPLEMENTATION="gloo",
+        PYTHONUNBUFFERED="1",
+    )
+    return env
+
+
+def _wait_for_step(workdir, minimum, proc, timeout=240):
+    deadline = time.time() + timeout
+    ckpt_dir = os.path.join(workdir, "checkpoints")
+    while time.time() < deadline:
+        if proc.poll() is not None:
+            raise AssertionError(f"training exited early with {proc.returncode}")
+        steps = (
+            [int(d) for d in os.listdir(ckpt_dir) if d.isdigit()] if os.path.isdir(ckpt_dir) else []
+        )
+        if steps and max(steps) >= minimum:
+            return max(steps)
+        time.sleep(0.2)
+    raise AssertionError("no checkpoint appeared in time")
+
+
+def test_sigterm_saves_and_sigkill_resumes(tmp_path, data_path):
+    workdir = str(tmp_path / "killed")
+    extra = [
+        "--config.training.snapshot_freq_for_preemption=2",
+        "--config.training.snapshot_freq=100",
+    ]
+    cmd = _main_cmd(data_path, workdir, 1000, *extra)
+    # SIGTERM: the run saves the step it is at and exits cleanly.
+    proc = subprocess.Popen(cmd, env=_env(8), stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+    _wait_for_step(workdir, 2, proc)
+    proc.send_signal(signal.SIGTERM)
+    out = proc.communicate(timeout=120)[0].decode()
+    assert proc.returncode == 0, out[-2000:]
+    assert "Received SIGTERM: checkpoint saved at step" in out
+    # SIGKILL: nothing can be saved, the next run resumes from the last checkpoint on disk.
+    proc = subprocess.Popen(cmd, env=_env(8), stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+    last = _wait_for_step(workdir, 4, proc)
+    proc.kill()
+    proc.wait()
+    steps = sorted(int(d) for d in os.listdir(os.path.join(workdir, "checkpoints")) if d.isdigit())
+    resumed_from = steps[-1]
+    assert resumed_from >= last
+    done = subprocess.run(
+        _main_cmd(data_path, workdir, resumed_from + 2, *extra),
+        env=_env(8),
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert f"Resumed from checkpoint step {resumed_from}" in done.stderr
+    assert int(_params(workdir).step) == resumed_from + 2
+
+
+def test_two_process_distributed_run_equals_single_process(tmp_path, data_path):
+    port = 20000 + os.getpid() % 20000
+    multi, single = str(tmp_path / "multi"), str(tmp_path / "single")
+    procs = [
+        subprocess.Popen(
+            _main_cmd(
+                data_path,
+                multi,
+                2,
+                f"--coordinator_address=127.0.0.1:{port}",
+                "--num_processes=2",
+                f"--process_id={i}",
+            ),
+            env=_env(4),
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
+        )
+        for i in range(2)
+    ]
+    outs = [p.communicate(timeout=400)[0].decode() for p in procs]
+    for p, out in zip(procs, outs):
+        assert p.returncode == 0, out[-3000:]
+    assert "JAX devices: 8 (4 per process)" in outs[0]
+    done = subprocess.run(
+        _main_cmd(data_path, single, 2), env=_env(8), capture_output=True, text=True, timeout=300
+    )
+    assert done.returncode == 0, done.stderr[-2000:]
+    a, b = _params(multi), _params(single)
+    assert int(a.step) == int(b.step) == 2
+    for x, y in zip(jax.tree.leaves(a.params), jax.tree.leaves(b.params), strict=True):
+        np.testing.assert_allclose(x, y, rtol=1e-5, atol=1e-6)
