@@ -328,3 +328,44 @@ def test_two_process_distributed_run_equals_single_process(tmp_path, data_path):
     assert int(a.step) == int(b.step) == 2
     for x, y in zip(jax.tree.leaves(a.params), jax.tree.leaves(b.params), strict=True):
         np.testing.assert_allclose(x, y, rtol=1e-5, atol=1e-6)
+
+
+def test_stats_and_evaluate_with_inception_stand_in_and_offline_extractor(
+    tmp_path, data_path, six_step_run, monkeypatch
+):
+    """--mode stats then evaluate(): FID / IS / KID through the TF-GAN path with a random
+    Inception-shaped SavedModel, and fd_/kid_ with a (briefly) trained offline extractor."""
+    import tensorflow as tf
+    from test_evaluation import _StandInInception
+
+    import evaluation
+
+    inception_dir = str(tmp_path / "inception")
+    tf.saved_model.save(_StandInInception(), inception_dir)
+    data = np.load(data_path)
+    extractor_dir = str(tmp_path / "extractor")
+    evaluation.train_feature_extractor(
+        data["x_train"], data["y_train"], 10, extractor_dir, steps=5, batch_size=8, name="tiny"
+    )
+    workdir = tmp_path / "eval_fid"
+    shutil.copytree(six_step_run, workdir)
+    monkeypatch.chdir(tmp_path)  # --mode stats writes the original's assets/stats/ path here
+    config = tiny_config(
+        data_path,
+        **{
+            "eval.begin_ckpt": 2,
+            "eval.end_ckpt": 2,
+            "eval.enable_loss": False,
+            "eval.enable_sampling": True,
+            "eval.num_samples": 16,
+            "eval.inception_path": inception_dir,
+            "eval.feature_extractor_path": extractor_dir,
+        },
+    )
+    stats_path = run_lib.compute_stats(config, str(workdir))
+    assert stats_path == os.path.join("assets", "stats", "cifar10_stats.npz")
+    assert np.load(stats_path)["pool_3"].shape == (32, 2048)  # every training image
+    (report,) = run_lib.evaluate(config, str(workdir), "eval_fid")
+    for key in ("fid", "kid", "inception_score", "fd_tiny", "kid_tiny"):
+        assert np.isfinite(report[key]), report
+    assert report["fid"] > 0 and report["inception_score"] >= 1.0
