@@ -33,6 +33,7 @@ format: venv
 bench: venv
 	$(BIN)/python bench/sampler_overhead.py
 	$(BIN)/python bench/ode_vs_host.py
+	$(BIN)/python bench/train_throughput.py
 
 clean:
 	rm -rf $(VENV) .pytest_cache .ruff_cache

@@ -146,7 +146,8 @@ def _timestep(t: Array, N: int, T: float) -> Array:
 
 
 class _DDPMTables:
-    """DDPM beta schedule tables `linspace(beta_min/N, beta_max/N, N)` (Ho et al. 2020)."""
+    """What VP and sub-VP share: the beta schedule, drift, mean, N(0, I) prior, and the DDPM
+    tables `linspace(beta_min/N, beta_max/N, N)` (Ho et al. 2020)."""
 
     beta_min: float
     beta_max: float
@@ -185,6 +186,24 @@ class _DDPMTables:
         """`log alpha(t) = -t^2 (beta_max - beta_min)/4 - t beta_min / 2`."""
         return -0.25 * t**2 * (self.beta_max - self.beta_min) - 0.5 * t * self.beta_min
 
+    def _drift(self, x: Array, t: Array) -> tuple[Array, Array]:
+        """The shared VP / sub-VP drift `-beta(t) x / 2`, and `beta(t)`."""
+        _check_t(x, t)
+        beta_t = self._beta(t)
+        return -0.5 * batch_bcast(beta_t, x) * x, beta_t
+
+    def _mean(self, x: Array, t: Array) -> tuple[Array, Array]:
+        """The shared marginal mean `exp(lmc) x`, and `lmc`."""
+        _check_t(x, t)
+        lmc = self._log_mean_coeff(t)
+        return batch_bcast(jnp.exp(lmc), x) * x, lmc
+
+    def prior_sampling(self, key: Array, shape: tuple[int, ...]) -> Array:
+        return jax.random.normal(key, shape)
+
+    def prior_logp(self, z: Array) -> Array:
+        return _gaussian_logp(z, 1.0)
+
 
 @dataclasses.dataclass(frozen=True)
 class VPSDE(_DDPMTables, SDE):
@@ -195,23 +214,12 @@ class VPSDE(_DDPMTables, SDE):
     N: int = 1000
 
     def sde(self, x: Array, t: Array) -> tuple[Array, Array]:
-        _check_t(x, t)
-        beta_t = self._beta(t)
-        drift = -0.5 * batch_bcast(beta_t, x) * x
+        drift, beta_t = self._drift(x, t)
         return drift, jnp.sqrt(beta_t)
 
     def marginal_prob(self, x: Array, t: Array) -> tuple[Array, Array]:
-        _check_t(x, t)
-        lmc = self._log_mean_coeff(t)
-        mean = batch_bcast(jnp.exp(lmc), x) * x
-        std = jnp.sqrt(1.0 - jnp.exp(2.0 * lmc))
-        return mean, std
-
-    def prior_sampling(self, key: Array, shape: tuple[int, ...]) -> Array:
-        return jax.random.normal(key, shape)
-
-    def prior_logp(self, z: Array) -> Array:
-        return _gaussian_logp(z, 1.0)
+        mean, lmc = self._mean(x, t)
+        return mean, jnp.sqrt(1.0 - jnp.exp(2.0 * lmc))
 
     def discretize(self, x: Array, t: Array) -> tuple[Array, Array]:
         """DDPM discretization: `x_{i+1} = sqrt(1 - beta_i) x_i + sqrt(beta_i) z` (App. B)."""
@@ -237,25 +245,15 @@ class subVPSDE(_DDPMTables, SDE):
     N: int = 1000
 
     def sde(self, x: Array, t: Array) -> tuple[Array, Array]:
-        _check_t(x, t)
-        beta_t = self._beta(t)
-        drift = -0.5 * batch_bcast(beta_t, x) * x
+        drift, beta_t = self._drift(x, t)
         discount = 1.0 - jnp.exp(-2.0 * self.beta_min * t - (self.beta_max - self.beta_min) * t**2)
         return drift, jnp.sqrt(beta_t * discount)
 
     def marginal_prob(self, x: Array, t: Array) -> tuple[Array, Array]:
-        _check_t(x, t)
-        lmc = self._log_mean_coeff(t)
-        mean = batch_bcast(jnp.exp(lmc), x) * x
+        mean, lmc = self._mean(x, t)
         # No square root: the sub-VP variance is (1 - exp(-int beta))^2 (paper App. B).
         std = 1.0 - jnp.exp(2.0 * lmc)
         return mean, std
-
-    def prior_sampling(self, key: Array, shape: tuple[int, ...]) -> Array:
-        return jax.random.normal(key, shape)
-
-    def prior_logp(self, z: Array) -> Array:
-        return _gaussian_logp(z, 1.0)
 
 
 @dataclasses.dataclass(frozen=True)
