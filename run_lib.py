@@ -207,7 +207,9 @@ def checkpoint_manager(workdir: str, config) -> ocp.CheckpointManager:
         enable_async_checkpointing=False,
     )
     return ocp.CheckpointManager(
-        os.path.join(os.path.abspath(workdir), "checkpoints"), options=options
+        os.path.join(os.path.abspath(workdir), "checkpoints"),
+        options=options,
+        item_handlers=ocp.StandardCheckpointHandler(),
     )
 
 

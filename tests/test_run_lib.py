@@ -369,3 +369,19 @@ def test_stats_and_evaluate_with_inception_stand_in_and_offline_extractor(
     for key in ("fid", "kid", "inception_score", "fd_tiny", "kid_tiny"):
         assert np.isfinite(report[key]), report
     assert report["fid"] > 0 and report["inception_score"] >= 1.0
+
+
+def test_converted_checkpoint_restores_without_opt_state(tmp_path, six_step_run):
+    """models.convert writes {step, params, ema_params}; run_lib restores it with a fresh
+    optimizer state (for evaluation or fine-tuning)."""
+    from models import convert
+
+    trained = _params(six_step_run)
+    workdir = tmp_path / "converted"
+    convert.save_converted(str(workdir), {"params": trained.ema_params}, step=3)
+    state = _params(workdir, 3)
+    assert int(state.step) == 3
+    for a, b in zip(jax.tree.leaves(state.ema_params), jax.tree.leaves(trained.ema_params)):
+        np.testing.assert_array_equal(a, b)
+    counts = [leaf for leaf in jax.tree.leaves(state.opt_state) if np.ndim(leaf) == 0]
+    assert counts and all(int(c) == 0 for c in counts)  # a fresh Adam state
