@@ -80,7 +80,7 @@ def _params(workdir, step=None):
 @pytest.fixture(scope="module")
 def six_step_run(tmp_path_factory, data_path):
     workdir = tmp_path_factory.mktemp("run6")
-    run_lib.train(tiny_config(data_path), str(workdir))
+    run_lib.train(tiny_config(data_path, **{"training.snapshot_sampling": True}), str(workdir))
     return workdir
 
 
@@ -99,6 +99,11 @@ def test_resume_equals_uninterrupted_run(tmp_path, data_path, six_step_run):
     assert len(lines) == 6  # log_freq 1: steps 1-3, then 4-6 after the resume
     assert (workdir / "config.json").exists()
     assert sorted(os.listdir(six_step_run / "checkpoints")) == ["3", "6"]  # keep_period 3
+    # snapshot_sampling: a PNG grid and the uint8 samples at every kept snapshot.
+    for step in (3, 6):
+        folder = six_step_run / "samples" / f"iter_{step}"
+        assert (folder / "sample.png").exists()
+        assert np.load(folder / "sample.npz")["samples"].shape == (8, 8, 8, 3)
 
 
 def test_corrupt_latest_checkpoint_is_skipped(tmp_path, six_step_run, caplog):
