@@ -60,6 +60,23 @@ def _sigma_tuple(config) -> tuple[float, ...]:
     return tuple(float(s) for s in np.asarray(get_sigmas(config)))
 
 
+def _unet_kwargs(config) -> dict[str, Any]:
+    """Attributes NCSN++/DDPM++ and DDPM share, read from `config.model` / `config.data`."""
+    model = config.model
+    return dict(
+        nf=model.nf,
+        ch_mult=tuple(model.ch_mult),
+        num_res_blocks=model.num_res_blocks,
+        attn_resolutions=tuple(model.attn_resolutions),
+        dropout=model.dropout,
+        resamp_with_conv=model.resamp_with_conv,
+        conditional=model.conditional,
+        nonlinearity=model.nonlinearity,
+        centered=config.data.centered,
+        scale_by_sigma=model.scale_by_sigma,
+    )
+
+
 def _ncsnpp_from_config(config) -> nn.Module:
     from models import ncsnpp
 
@@ -72,13 +89,7 @@ def _ncsnpp_from_config(config) -> nn.Module:
     # configs do not define it).
     fourier = {"fourier_scale": model.fourier_scale} if embedding_type == "fourier" else {}
     return ncsnpp.NCSNpp(
-        nf=model.nf,
-        ch_mult=tuple(model.ch_mult),
-        num_res_blocks=model.num_res_blocks,
-        attn_resolutions=tuple(model.attn_resolutions),
-        dropout=model.dropout,
-        resamp_with_conv=model.resamp_with_conv,
-        conditional=model.conditional,
+        **_unet_kwargs(config),
         fir=model.fir,
         fir_kernel=tuple(model.fir_kernel),
         skip_rescale=model.skip_rescale,
@@ -89,9 +100,6 @@ def _ncsnpp_from_config(config) -> nn.Module:
         embedding_type=embedding_type,
         **fourier,
         init_scale=model.init_scale,
-        nonlinearity=model.nonlinearity,
-        centered=config.data.centered,
-        scale_by_sigma=model.scale_by_sigma,
         sigmas=_sigma_tuple(config) if needs_sigmas else None,
     )
 
@@ -105,16 +113,7 @@ def _ddpm_from_config(config) -> nn.Module:
             f"DDPM supports normalization='GroupNorm' only, got {model.normalization!r}"
         )
     return ddpm.DDPM(
-        nf=model.nf,
-        ch_mult=tuple(model.ch_mult),
-        num_res_blocks=model.num_res_blocks,
-        attn_resolutions=tuple(model.attn_resolutions),
-        dropout=model.dropout,
-        resamp_with_conv=model.resamp_with_conv,
-        conditional=model.conditional,
-        nonlinearity=model.nonlinearity,
-        centered=config.data.centered,
-        scale_by_sigma=model.scale_by_sigma,
+        **_unet_kwargs(config),
         sigmas=_sigma_tuple(config) if model.scale_by_sigma else None,
     )
 
