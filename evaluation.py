@@ -46,6 +46,7 @@ from absl import logging
 from flax import serialization
 from jax import numpy as jnp
 
+import utils
 from models import feature_extractor
 
 INCEPTION_TFHUB = "https://tfhub.dev/tensorflow/tfgan/eval/inception/1"
@@ -251,9 +252,10 @@ def quantize(samples) -> np.ndarray:
     """Maps samples in [0, 1] to uint8 by flooring `x * 255`, exactly as the original does.
 
     Flooring (not rounding) biases pixels down by half a level on average; we keep it because
-    the paper's FIDs were computed this way.
+    the paper's FIDs were computed this way. The one implementation is `utils.to_uint8`, which
+    the training and evaluation loops use.
     """
-    return np.clip(np.asarray(samples) * 255.0, 0, 255).astype(np.uint8)
+    return utils.to_uint8(samples)
 
 
 # ----------------------------------------------------------------------------------------------
