@@ -391,24 +391,28 @@ def get_ode_sampler(
 # --------------------------------------------------------------------------------------------
 
 
-def get_sampling_fn(config, sde, model, shape, inverse_scaler, eps, sharding=None):
+def get_sampling_fn(config, sde, model, shape, inverse_scaler, eps, sharding=None, score_sde=None):
     """Builds `sampling_fn(key, params) -> (x, nfe)` from `config.sampling` for a Flax model.
 
     `config.sampling.method` is 'pc' (predictor, corrector, snr, n_steps_each,
     probability_flow, noise_removal) or 'ode' (diffrax Dopri5 at rtol = atol = 1e-5, denoise =
     noise_removal). As the original, the ODE path queries the model as a continuous one.
     The function is jitted once; params are an argument, so new params do not recompile.
+    `score_sde` (default `sde`) is the SDE the model was trained with: the score function maps
+    t to the model's labels with its N, so sampling with another N (Table 1's P2000) queries a
+    discrete-time model at `s(x, i N_train / N)`, the paper's interpolation.
     """
     from models import utils as mutils
 
     method = config.sampling.method.lower()
     continuous = config.training.continuous
+    score_sde = sde if score_sde is None else score_sde
     if method == "pc":
         get_predictor(config.sampling.predictor)
         get_corrector(config.sampling.corrector)
 
         def build(params):
-            score_fn = mutils.get_score_fn(sde, model, params, train=False, continuous=continuous)
+            score_fn = mutils.get_score_fn(score_sde, model, params, train=False, continuous=continuous)
             return get_pc_sampler(
                 sde,
                 score_fn,
@@ -428,7 +432,7 @@ def get_sampling_fn(config, sde, model, shape, inverse_scaler, eps, sharding=Non
     if method == "ode":
 
         def build_ode(params):
-            score_fn = mutils.get_score_fn(sde, model, params, train=False, continuous=True)
+            score_fn = mutils.get_score_fn(score_sde, model, params, train=False, continuous=True)
             return get_ode_sampler(
                 sde,
                 score_fn,
