@@ -412,7 +412,9 @@ def get_sampling_fn(config, sde, model, shape, inverse_scaler, eps, sharding=Non
         get_corrector(config.sampling.corrector)
 
         def build(params):
-            score_fn = mutils.get_score_fn(score_sde, model, params, train=False, continuous=continuous)
+            score_fn = mutils.get_score_fn(
+                score_sde, model, params, train=False, continuous=continuous
+            )
             return get_pc_sampler(
                 sde,
                 score_fn,
