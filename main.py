@@ -1,6 +1,8 @@
 """Command-line entry point, as the paper's `main.py` (kept under 80 lines).
 
     python main.py --config configs/vp/cifar10_ddpmpp.py --workdir W --mode {train,eval,stats}
+    python main.py --config CFG --workdir W --mode sweep [--shard i/n]   # Table 1 / NFE sweeps
+    python main.py --config configs/ddls/cifar10_dcgan.py --workdir W --mode {train,ddls}
     python main.py ... --config.training.batch_size=64        # override any config field
 
 Multi-host (TPU pods, GPU clusters): pass --coordinator_address, --num_processes and
@@ -17,8 +19,10 @@ from ml_collections import config_flags  # noqa: E402
 FLAGS = flags.FLAGS
 config_flags.DEFINE_config_file("config", None, "Training configuration.", lock_config=True)
 flags.DEFINE_string("workdir", None, "Work directory.")
-flags.DEFINE_enum("mode", None, ["train", "eval", "stats"], "Running mode: train, eval or stats.")
+MODES = ["train", "eval", "stats", "sweep", "ddls"]
+flags.DEFINE_enum("mode", None, MODES, "Running mode: " + ", ".join(MODES) + ".")
 flags.DEFINE_string("eval_folder", "eval", "The folder name for storing evaluation results.")
+flags.DEFINE_string("shard", "0/1", "--mode sweep: run the cells i, i+n, ... of the grid (i/n).")
 flags.DEFINE_bool("distributed", False, "Call jax.distributed.initialize (multi-host).")
 flags.DEFINE_string("coordinator_address", None, "host:port of process 0 (multi-host).")
 flags.DEFINE_integer("num_processes", None, "Number of processes (multi-host).")
@@ -54,8 +58,17 @@ def main(argv):
         run_lib.train(FLAGS.config, FLAGS.workdir)
     elif FLAGS.mode == "eval":
         run_lib.evaluate(FLAGS.config, FLAGS.workdir, FLAGS.eval_folder)
-    else:
+    elif FLAGS.mode == "stats":
         run_lib.compute_stats(FLAGS.config, FLAGS.workdir)
+    elif FLAGS.mode == "sweep":
+        import sweep
+
+        sweep.run_sweep(FLAGS.config, FLAGS.workdir, shard=FLAGS.shard)
+    else:
+        import ddls
+
+        folder = FLAGS.eval_folder if FLAGS["eval_folder"].present else "ddls"
+        ddls.run_ddls(FLAGS.config, FLAGS.workdir, eval_folder=folder)
 
 
 if __name__ == "__main__":
