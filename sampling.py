@@ -14,7 +14,8 @@ Parity notes (deliberate, each matches the original code):
   * The Langevin step size uses batch means of the per-example score and noise norms. Under
     `jax.jit` with a sharded batch, `jnp.mean` is a global mean (the original `pmean`).
 Departure: the returned NFE counts real score evaluations (a `none` predictor or corrector costs
-nothing), whereas the original reports the nominal `N (n_steps + 1)`.
+nothing, the two-stage `sra1` / `stochastic_heun` predictors two: `PREDICTOR_NFE`), whereas the
+original reports the nominal `N (n_steps + 1)`.
 """
 
 from __future__ import annotations
@@ -28,6 +29,7 @@ import jax.numpy as jnp
 from jax import Array
 
 import sde_lib
+import sde_solvers
 from sde_lib import batch_bcast
 
 ScoreFn = Callable[[Array, Array], Array]
@@ -115,8 +117,14 @@ PREDICTORS = {
     "euler_maruyama": euler_maruyama_update,
     "reverse_diffusion": reverse_diffusion_update,
     "ancestral_sampling": ancestral_sampling_update,
+    # Two-stage stochastic Runge-Kutta methods for the additive-noise reverse SDE (sde_solvers).
+    "sra1": sde_solvers.sra1_update,
+    "stochastic_heun": sde_solvers.stochastic_heun_update,
     "none": none_predictor_update,
 }
+
+# Score evaluations per predictor step, for the NFE count (1 where not listed).
+PREDICTOR_NFE = {"none": 0, **sde_solvers.NFE_PER_STEP}
 
 
 # --------------------------------------------------------------------------------------------
@@ -267,7 +275,7 @@ def get_pc_sampler(
     c_step = functools.partial(
         corrector_update, sde=sde, score_fn=score_fn, snr=snr, n_steps=n_steps
     )
-    nfe = sde.N * ((predictor != "none") + (corrector != "none") * n_steps)
+    nfe = sde.N * (PREDICTOR_NFE.get(predictor, 1) + (corrector != "none") * n_steps)
 
     @jax.jit
     def pc_sampler(key):
@@ -390,60 +398,86 @@ def get_ode_sampler(
 # Config-level wrapper (the original `get_sampling_fn`).
 # --------------------------------------------------------------------------------------------
 
+# `config.sampling.method` values; the fast samplers live in fast_samplers.py / sde_solvers.py.
+SAMPLING_METHODS = ("pc", "ode", "dpm_solver", "ddim", "heun", "adaptive")
+
+
+def _sampler_builder(config, sde, shape, inverse_scaler, eps, sharding):
+    """`(build(score_fn) -> sampler(key) -> (x, nfe), continuous)` for `config.sampling`.
+
+    `continuous` says how the model is queried: the ODE solvers use the continuous-time
+    label mapping, as the original ODE sampler does; the SDE samplers follow the config.
+    """
+    s = config.sampling
+    method = s.method.lower()
+    common = dict(eps=eps, inverse_scaler=inverse_scaler, sharding=sharding)
+    if method == "pc":
+        get_predictor(s.predictor)
+        get_corrector(s.corrector)
+        pc_options = dict(snr=s.snr, n_steps=s.n_steps_each, probability_flow=s.probability_flow)
+        return lambda score_fn: get_pc_sampler(
+            sde, score_fn, shape, s.predictor, s.corrector, **pc_options,
+            denoise=s.noise_removal, **common,
+        ), config.training.continuous  # fmt: skip
+    if method == "ode":
+        return lambda score_fn: get_ode_sampler(
+            sde, score_fn, shape, denoise=s.noise_removal, **common,
+            rtol=s.get("rtol", 1e-5), atol=s.get("atol", 1e-5),
+        ), True  # fmt: skip
+    if method in ("dpm_solver", "ddim", "heun"):
+        import fast_samplers
+
+        options = {"steps": s.get("steps", 20), "denoise": s.get("fast_denoise", False)}
+        if method == "dpm_solver":
+            options.update(
+                order=s.get("dpm_order", 2),
+                method=s.get("dpm_method", "multistep"),
+                algorithm=s.get("dpm_algorithm", "dpmsolver"),
+                skip_type=s.get("skip_type", "logSNR"),
+            )
+        return lambda score_fn: fast_samplers.get_fast_sampler(
+            method, sde, score_fn, shape, **options, **common
+        ), True  # fmt: skip
+    if method == "adaptive":
+        # One 8-bit level in model units, as the paper's runs: 2/255 on [-1, 1], 1/255 on [0, 1].
+        abstol = s.get("abstol", 0.0078 if config.data.centered else 0.0039)
+        options = {
+            "abstol": abstol,
+            "reltol": s.get("reltol", 0.05),
+            "h_init": s.get("h_init", 0.01),
+        }
+        return lambda score_fn: sde_solvers.get_adaptive_sampler(
+            sde, score_fn, shape, denoise=s.noise_removal, **options, **common
+        ), config.training.continuous  # fmt: skip
+    raise ValueError(
+        f"Unknown config.sampling.method {s.method!r}; valid: {list(SAMPLING_METHODS)}"
+    )
+
 
 def get_sampling_fn(config, sde, model, shape, inverse_scaler, eps, sharding=None, score_sde=None):
     """Builds `sampling_fn(key, params) -> (x, nfe)` from `config.sampling` for a Flax model.
 
-    `config.sampling.method` is 'pc' (predictor, corrector, snr, n_steps_each,
-    probability_flow, noise_removal) or 'ode' (diffrax Dopri5 at rtol = atol = 1e-5, denoise =
-    noise_removal). As the original, the ODE path queries the model as a continuous one.
-    The function is jitted once; params are an argument, so new params do not recompile.
+    `config.sampling.method`:
+      * 'pc': predictor, corrector, snr, n_steps_each, probability_flow, noise_removal;
+      * 'ode': diffrax Dopri5 at rtol = atol = 1e-5 (`sampling.rtol/atol` if set),
+        denoise = noise_removal;
+      * 'dpm_solver' / 'ddim' / 'heun' (fast_samplers.py): `sampling.steps` (NFE budget),
+        `dpm_order`, `dpm_method`, `dpm_algorithm`, `skip_type`;
+      * 'adaptive' (sde_solvers.py, "Gotta Go Fast"): `sampling.abstol`, `reltol`.
+    The fields beyond the original's are read with defaults, so the paper's configs need none.
+    As the original, the ODE paths query the model as a continuous one. The function is jitted
+    once; params are an argument, so new params do not recompile.
     `score_sde` (default `sde`) is the SDE the model was trained with: the score function maps
     t to the model's labels with its N, so sampling with another N (Table 1's P2000) queries a
     discrete-time model at `s(x, i N_train / N)`, the paper's interpolation.
     """
     from models import utils as mutils
 
-    method = config.sampling.method.lower()
-    continuous = config.training.continuous
+    build, continuous = _sampler_builder(config, sde, shape, inverse_scaler, eps, sharding)
     score_sde = sde if score_sde is None else score_sde
-    if method == "pc":
-        get_predictor(config.sampling.predictor)
-        get_corrector(config.sampling.corrector)
 
-        def build(params):
-            score_fn = mutils.get_score_fn(
-                score_sde, model, params, train=False, continuous=continuous
-            )
-            return get_pc_sampler(
-                sde,
-                score_fn,
-                shape,
-                config.sampling.predictor,
-                config.sampling.corrector,
-                snr=config.sampling.snr,
-                n_steps=config.sampling.n_steps_each,
-                probability_flow=config.sampling.probability_flow,
-                denoise=config.sampling.noise_removal,
-                eps=eps,
-                inverse_scaler=inverse_scaler,
-                sharding=sharding,
-            )
+    def sampling_fn(key, params):
+        score_fn = mutils.get_score_fn(score_sde, model, params, train=False, continuous=continuous)
+        return build(score_fn)(key)
 
-        return jax.jit(lambda key, params: build(params)(key))
-    if method == "ode":
-
-        def build_ode(params):
-            score_fn = mutils.get_score_fn(score_sde, model, params, train=False, continuous=True)
-            return get_ode_sampler(
-                sde,
-                score_fn,
-                shape,
-                denoise=config.sampling.noise_removal,
-                eps=eps,
-                inverse_scaler=inverse_scaler,
-                sharding=sharding,
-            )
-
-        return jax.jit(lambda key, params: build_ode(params)(key))
-    raise ValueError(f"Unknown config.sampling.method {method!r}; valid: ['ode', 'pc']")
+    return jax.jit(sampling_fn)

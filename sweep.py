@@ -1,0 +1,910 @@
+"""Sampler sweeps: the paper's Table 1 and quality-vs-NFE studies, one finished cell at a time.
+
+    python sweep.py --config configs/vp/ddpm/cifar10.py --workdir W [--shard i/n] \
+        [--sweep.samplers="('ode', 'ddim')" --sweep.num_samples=10000 ...]
+    python main.py --config CFG --workdir W --mode sweep [--shard i/n]
+
+A cell is (run, sampler, steps): a trained checkpoint (run) sampled with one sampler setting,
+scored with the project's metrics (`run_lib._sample_metrics`). The grid comes from the optional
+`config.sweep` ConfigDict (fields and defaults in `default_sweep_config`; without it, Table 1 of
+Song et al. 2021 for the config's SDE). `--shard i/n` runs the cells with index % n == i.
+
+Workdir layout (W is the workdir of the current config):
+  W/sweep/cells/<cell_id>.json      one finished cell (written atomically; a rerun skips it)
+  W/sweep/grids/<cell_id>.png       its sample grid
+  W/sweep/work/<cell_id>/           sample rounds of an unfinished cell (resumed, then removed)
+  W/sweep/results.csv               one row per finished cell (any shard)
+  W/sweep/table1.md                 Table 1 layout: samplers x (P/C/PC columns per run)
+  W/sweep/nfe_table.md              extra samplers x NFE budgets
+  W/sweep/quality_vs_nfe.png        primary metric vs real NFE (log x)
+
+References:
+  Song et al. 2021, "Score-Based Generative Modeling through Stochastic Differential Equations"
+  (arXiv:2011.13456), Table 1 and App. G; P2000 queries the model as `s'(x, i) = s(x, i / 2)`.
+"""
+
+from __future__ import annotations
+
+import csv
+import dataclasses
+import importlib.util
+import json
+import math
+import os
+import re
+import shutil
+import time
+from typing import Any
+
+import jax
+import ml_collections
+import numpy as np
+from absl import logging
+from jax.sharding import NamedSharding
+from jax.sharding import PartitionSpec as P
+
+import fast_samplers
+import run_lib
+import sampling
+import utils
+
+# Table 1 rows: a predictor name, or 'probability_flow' (reverse diffusion on the flow ODE).
+TABLE1_ROWS = ("ancestral_sampling", "reverse_diffusion", "probability_flow", "euler_maruyama")
+# Table 1 columns: P = predictor only, C = corrector only, PC = predictor + corrector; N steps.
+COLUMN_RE = re.compile(r"^(P|C|PC)(\d+)$")
+SHARD_RE = re.compile(r"^(\d+)/(\d+)$")
+# Metric names of `sweep.metrics` -> which result keys they keep (`kid` also keeps `kid_<name>`).
+METRICS = {"fid": ("fid",), "kid": ("kid",), "is": ("inception_score",), "fd": (), "bpd": ("bpd",)}
+SDE_LABELS = {"vesde": "VE", "vpsde": "VP", "subvpsde": "subVP"}
+ROW_TITLES = {
+    "ancestral_sampling": "ancestral sampling",
+    "reverse_diffusion": "reverse diffusion",
+    "probability_flow": "probability flow",
+    "euler_maruyama": "Euler-Maruyama",
+}
+# Paper, Table 1 / App. G: C2000 runs 2 Langevin steps per noise level; PC one step.
+C_STEPS_EACH = 2
+
+
+# --------------------------------------------------------------------------------------------
+# Grid specification.
+# --------------------------------------------------------------------------------------------
+
+
+@dataclasses.dataclass(frozen=True)
+class SamplerKind:
+    """How a `config.sampling.method` is swept at an NFE budget.
+
+    Attributes:
+      options: option name in a sampler string -> `config.sampling` field it sets.
+      choices: option name -> its valid values (options absent here take any value).
+      evals_per_step: score evaluations per step (None: an adaptive solver, swept once).
+      extra_evals: evaluations beyond `evals_per_step * steps` (steps are chosen so that the
+        total stays within the budget).
+    """
+
+    options: dict[str, str]
+    choices: dict[str, tuple] = dataclasses.field(default_factory=dict)
+    evals_per_step: int | None = 1
+    extra_evals: int = 0
+
+
+def _same(*names: str) -> dict[str, str]:
+    return {name: name for name in names}
+
+
+# Extra samplers 'name[:option=value...]', fields as `sampling.get_sampling_fn` reads them. The
+# cell records the NFE the sampler really used ('pc' steps use its predictor / corrector counts).
+SAMPLERS = {
+    "pc": SamplerKind(
+        _same("predictor", "corrector", "snr", "n_steps_each", "probability_flow"),
+        {"predictor": tuple(sampling.PREDICTORS), "corrector": tuple(sampling.CORRECTORS)},
+    ),
+    "ode": SamplerKind(_same("rtol", "atol"), evals_per_step=None),
+    "adaptive": SamplerKind(_same("reltol", "abstol", "h_init"), evals_per_step=None),
+    # DPM-Solver's `steps` is its NFE budget, singlestep or multistep.
+    "dpm_solver": SamplerKind(
+        {"order": "dpm_order", "method": "dpm_method", "algorithm": "dpm_algorithm"}
+        | {"skip_type": "skip_type", "denoise": "fast_denoise"},
+        {
+            "order": (1, 2, 3),
+            "method": fast_samplers.METHODS,
+            "algorithm": fast_samplers.ALGORITHMS,
+            "skip_type": fast_samplers.SKIP_TYPES,
+        },
+    ),
+    "ddim": SamplerKind({"denoise": "fast_denoise"}),
+    # EDM's Heun: 2 evaluations per step, Euler on the last one: 2 steps - 1.
+    "heun": SamplerKind({"denoise": "fast_denoise"}, evals_per_step=2, extra_evals=-1),
+}
+
+
+def default_sweep_config() -> ml_collections.ConfigDict:
+    """The fields of `config.sweep` and their defaults (the paper's Table 1)."""
+    s = ml_collections.ConfigDict()
+    # Table 1 rows: predictor names, or 'probability_flow' (reverse diffusion on the flow ODE).
+    s.rows = ("ancestral_sampling", "reverse_diffusion", "probability_flow")
+    # Table 1 columns (P|C|PC)<N>: predictor only / corrector only, 2 steps per level /
+    # predictor + 1 corrector step; N steps. Corrector and snr from config.sampling.
+    s.columns = ("P1000", "P2000", "C2000", "PC1000")
+    # Extra samplers 'name[:option=value...]' (names in SAMPLERS), one cell per NFE budget.
+    s.samplers = ()
+    # NFE budgets of the extra samplers (adaptive solvers run once, at their own NFE).
+    s.nfe = (10, 20, 50, 100, 1000)
+    # Extra runs 'LABEL=config.py:workdir', swept besides the current config and workdir.
+    s.runs = ()
+    # Label of the current run; '' = its SDE ('VE', 'VP', 'subVP').
+    s.label = ""
+    # Checkpoint index k = step / training.snapshot_freq (as eval.begin_ckpt); -1 = latest.
+    s.ckpt = -1
+    # Samples per cell; -1 = eval.num_samples.
+    s.num_samples = -1
+    # Global sampling batch size (a multiple of the device count); -1 = eval.batch_size.
+    s.batch_size = -1
+    # Subset of 'fid', 'kid', 'is', 'fd', 'bpd' (bpd on 'ode' cells only); () = all that
+    # config.eval enables (Inception unless eval.inception_path='none'; FD with an extractor).
+    s.metrics = ()
+    # Seed of the sample keys (every cell starts from the same prior noise); -1 = config.seed.
+    s.seed = -1
+    return s
+
+
+@dataclasses.dataclass(frozen=True)
+class SweepSpec:
+    """`config.sweep` resolved against `default_sweep_config`, validated."""
+
+    rows: tuple[str, ...]
+    columns: tuple[str, ...]
+    samplers: tuple[str, ...]
+    nfe: tuple[int, ...]
+    runs: tuple[str, ...]
+    label: str
+    ckpt: int
+    num_samples: int
+    batch_size: int
+    metrics: tuple[str, ...]
+    seed: int
+
+
+def get_sweep_spec(config) -> SweepSpec:
+    """Reads `config.sweep` (missing fields take their defaults) and checks every value."""
+    values = default_sweep_config().to_dict()
+    user = config.get("sweep")
+    if user is not None:
+        unknown = sorted(set(user.keys()) - set(values))
+        if unknown:
+            raise ValueError(f"Unknown config.sweep fields {unknown}; valid: {sorted(values)}")
+        values.update(user.to_dict())
+    for name in ("rows", "columns", "samplers", "runs", "metrics"):
+        values[name] = tuple(str(v) for v in values[name])
+    values["nfe"] = tuple(int(v) for v in values["nfe"])
+    for name, default in (
+        ("num_samples", config.eval.num_samples),
+        ("batch_size", config.eval.batch_size),
+        ("seed", config.seed),
+    ):
+        values[name] = int(default if values[name] == -1 else values[name])  # fmt: skip
+    spec = SweepSpec(**values)
+    for row in spec.rows:
+        _check_choice("config.sweep.rows entry", row, TABLE1_ROWS)
+    for column in spec.columns:
+        parse_column(column)
+    for sampler in spec.samplers:
+        parse_sampler(sampler)
+    for metric in spec.metrics:
+        _check_choice("config.sweep.metrics entry", metric, tuple(METRICS))
+    if any(b < 1 for b in spec.nfe) or spec.num_samples < 1 or spec.batch_size < 1:
+        raise ValueError("config.sweep.nfe, num_samples and batch_size must be positive")
+    _check_metric_sources(config, spec.metrics)
+    return spec
+
+
+def _check_choice(what: str, value, valid) -> None:
+    if value not in valid:
+        raise ValueError(f"Unknown {what} {value!r}; valid: {list(valid)}")
+
+
+def _check_metric_sources(config, metrics) -> None:
+    """Requested metrics must have their feature network configured."""
+    offline = bool(config.eval.get("feature_extractor_path", ""))
+    inception = {"fid", "is"} | (set() if offline else {"kid"})
+    if set(metrics) & inception and config.eval.inception_path.lower() == "none":
+        raise ValueError(
+            f"metrics {sorted(set(metrics) & inception)} need Inception but "
+            "eval.inception_path is 'none'; use 'fd' / 'kid' with eval.feature_extractor_path, "
+            "or set eval.inception_path"
+        )
+    if "fd" in metrics and not offline:
+        raise ValueError(
+            "metric 'fd' needs an offline feature extractor: set eval.feature_extractor_path "
+            "(train one with `python -m evaluation --train_extractor ...`)"
+        )
+
+
+def parse_column(column: str) -> tuple[str, int]:
+    """'PC1000' -> ('PC', 1000); raises on anything but (P|C|PC)<N>, N >= 1."""
+    match = COLUMN_RE.match(str(column))
+    if match is None or int(match.group(2)) < 1:
+        raise ValueError(
+            f"Bad Table 1 column {column!r}; valid forms: P<N> (predictor only), C<N> "
+            "(corrector only), PC<N> (predictor + corrector), N >= 1, e.g. 'P1000', 'PC1000'"
+        )
+    return match.group(1), int(match.group(2))
+
+
+def _parse_value(text: str):
+    """Option values: true/false, int, float, else the string."""
+    if text.lower() in ("true", "false"):
+        return text.lower() == "true"
+    for cast in (int, float):
+        try:
+            return cast(text)
+        except ValueError:
+            pass
+    return text
+
+
+def parse_sampler(text: str) -> tuple[str, dict[str, Any]]:
+    """'dpm_solver:order=2:method=multistep' -> ('dpm_solver', {'order': 2, ...})."""
+    name, *parts = str(text).split(":")
+    _check_choice("sampler", name, tuple(SAMPLERS))
+    kind, options = SAMPLERS[name], {}
+    for part in parts:
+        key, sep, value = part.partition("=")
+        if not sep or not key or not value:
+            raise ValueError(
+                f"Bad sampler option {part!r} in {text!r}; the form is "
+                f"'{name}:option=value[:option=value]', options: {sorted(kind.options)}"
+            )
+        _check_choice(f"option of sampler {name!r}:", key, tuple(kind.options))
+        options[key] = _parse_value(value)
+        if key in kind.choices:
+            _check_choice(f"value of {name}:{key}", options[key], kind.choices[key])
+    return name, options
+
+
+def parse_shard(shard: str) -> tuple[int, int]:
+    """'1/4' -> (1, 4); raises unless 0 <= i < n."""
+    match = SHARD_RE.match(str(shard).strip())
+    if match is None or not int(match.group(1)) < int(match.group(2)):
+        raise ValueError(f"Bad shard {shard!r}; the form is 'i/n' with 0 <= i < n, e.g. '0/4'")
+    return int(match.group(1)), int(match.group(2))
+
+
+# --------------------------------------------------------------------------------------------
+# Runs and cells.
+# --------------------------------------------------------------------------------------------
+
+
+@dataclasses.dataclass
+class Run:
+    """A trained model to sweep: its label, config and workdir."""
+
+    label: str
+    config: Any
+    workdir: str
+
+
+def _load_config_file(path: str):
+    if not (path.endswith(".py") and os.path.isfile(path)):
+        raise FileNotFoundError(f"Run config file {path!r} does not exist (expected a .py file)")
+    module_spec = importlib.util.spec_from_file_location(f"_sweep_config_{abs(hash(path))}", path)
+    module = importlib.util.module_from_spec(module_spec)
+    module_spec.loader.exec_module(module)
+    return module.get_config()
+
+
+def _run_config(path: str, main_config):
+    """A run's own config; eval.* and the data location come from the main config, so that
+    every run is scored against the same reference data and feature networks."""
+    config = ml_collections.ConfigDict(_load_config_file(path).to_dict())
+    config.eval = ml_collections.ConfigDict(main_config.eval.to_dict())
+    for field in ("source", "path", "data_dir"):
+        if field in main_config.data:
+            config.data[field] = main_config.data[field]
+    return config
+
+
+def get_runs(config, workdir: str, spec: SweepSpec) -> dict[str, Run]:
+    """The current config and workdir first, then `sweep.runs` ('LABEL=config.py:workdir')."""
+    label = spec.label or SDE_LABELS.get(config.training.sde.lower(), config.training.sde)
+    runs = {label: Run(label, config, os.path.abspath(workdir))}
+    for text in spec.runs:
+        label, sep, rest = text.partition("=")
+        path, sep2, run_workdir = rest.partition(":")
+        if not (sep and sep2 and label and path and run_workdir):
+            raise ValueError(
+                f"Bad config.sweep.runs entry {text!r}; the form is 'LABEL=config.py:workdir'"
+            )
+        if label in runs:
+            raise ValueError(f"Duplicate run label {label!r} in config.sweep (labels: {[*runs]})")
+        runs[label] = Run(label, _run_config(path, config), os.path.abspath(run_workdir))
+    return runs
+
+
+@dataclasses.dataclass(frozen=True)
+class Cell:
+    """One (run, sampler, steps) point of the grid.
+
+    Attributes:
+      run: run label. group: 'table1' or 'nfe'.
+      row: Table 1 row ('corrector' for the shared C columns) or the sampler string.
+      column: 'P1000'-style Table 1 column, or 'nfe<B>' / 'adaptive'.
+      method: `config.sampling.method`. options: `config.sampling` fields to set.
+      num_scales: N of the sampling SDE for PC cells (None: the training N).
+      nfe_budget: the NFE budget of an 'nfe' cell.
+    """
+
+    run: str
+    group: str
+    row: str
+    column: str
+    method: str
+    options: tuple[tuple[str, Any], ...]
+    num_scales: int | None = None
+    nfe_budget: int | None = None
+
+    @property
+    def cell_id(self) -> str:
+        """Stable file-name slug of (run, sampler, steps)."""
+        return re.sub(r"[^A-Za-z0-9_.+-]+", "-", f"{self.run}__{self.row}__{self.column}")
+
+
+def _ddpm_ok(config, options: dict, n: int) -> bool:
+    """VP / sub-VP DDPM tables (used by these predictors / correctors) need beta_max / N < 1."""
+    uses_tables = options.get("predictor") in ("reverse_diffusion", "ancestral_sampling") or (
+        options.get("corrector") in ("langevin", "ald")
+    )
+    vp = config.training.sde.lower() in ("vpsde", "subvpsde")
+    return not (vp and uses_tables and config.model.beta_max / n >= 1.0)
+
+
+def _pc_options(config, predictor: str, corrector: str, n_steps: int, flow: bool) -> dict:
+    return {
+        "predictor": predictor,
+        "corrector": corrector,
+        "n_steps_each": n_steps,
+        "probability_flow": flow,
+        "snr": float(config.sampling.snr),
+    }
+
+
+def table1_cell(run: Run, row: str, column: str) -> Cell | None:
+    """The Table 1 cell (row, column) of a run; None when the sampler does not apply."""
+    kind, n = parse_column(column)
+    config = run.config
+    # Corrector of the config; Langevin (the paper's) when the config samples without one.
+    corrector = config.sampling.get("corrector", "none")
+    corrector = "langevin" if corrector == "none" else corrector
+    predictor = "reverse_diffusion" if row == "probability_flow" else row
+    flow = row == "probability_flow"
+    if kind == "C":  # Shared by every row, as in the paper's table.
+        row, options = "corrector", _pc_options(config, "none", corrector, C_STEPS_EACH, False)
+    elif kind == "P":
+        options = _pc_options(config, predictor, "none", 1, flow)
+    else:
+        options = _pc_options(config, predictor, corrector, 1, flow)
+    sde = config.training.sde.lower()
+    if predictor == "ancestral_sampling" and kind != "C" and sde == "subvpsde":
+        logging.info(
+            "Skipping %s %s %s: ancestral sampling has no sub-VP form.", run.label, row, column
+        )
+        return None
+    if not _ddpm_ok(config, options, n):
+        logging.warning("Skipping %s %s %s: needs beta_max / N < 1.", run.label, row, column)
+        return None
+    return Cell(run.label, "table1", row, column, "pc", tuple(sorted(options.items())), n)
+
+
+def _pc_budget_options(run: Run, text: str, options: dict) -> tuple[dict, int]:
+    """A 'pc' sampler's options (defaults: the config's sampler) and its NFE per step."""
+    config = run.config
+    flow = bool(options.get("probability_flow", False))
+    defaults = _pc_options(config, config.sampling.predictor, config.sampling.corrector, 1, flow)
+    options = defaults | options
+    if options["predictor"] == "ancestral_sampling" and config.training.sde.lower() == "subvpsde":
+        raise ValueError(f"Sampler {text!r}: ancestral sampling has no sub-VP form")
+    corrector_evals = (options["corrector"] != "none") * int(options["n_steps_each"])
+    evals = (options["predictor"] != "none") + corrector_evals
+    if evals == 0:
+        raise ValueError(f"Sampler {text!r} has neither a predictor nor a corrector")
+    return options, evals
+
+
+def nfe_cell(run: Run, text: str, budget: int | None) -> Cell | None:
+    """The cell of extra sampler `text` at NFE `budget` (None for adaptive solvers)."""
+    name, parsed = parse_sampler(text)
+    kind = SAMPLERS[name]
+    options = {kind.options[k]: v for k, v in parsed.items()}
+    if kind.evals_per_step is None:
+        return Cell(run.label, "nfe", text, "adaptive", name, tuple(sorted(options.items())))
+    if name == "pc":
+        options, evals = _pc_budget_options(run, text, options)
+    else:
+        evals = kind.evals_per_step
+    n = (budget - kind.extra_evals) // evals
+    if n < 1 or (name == "pc" and not _ddpm_ok(run.config, options, n)):
+        logging.warning(
+            "Skipping %s %s at NFE %d: %d steps are too few.", run.label, text, budget, n
+        )
+        return None
+    # PC samplers take N from the sampling SDE (model.num_scales); the others from `steps`.
+    num_scales = n if name == "pc" else None
+    if name != "pc":
+        options["steps"] = n
+    items = tuple(sorted(options.items()))
+    return Cell(run.label, "nfe", text, f"nfe{budget}", name, items, num_scales, budget)
+
+
+def enumerate_cells(spec: SweepSpec, runs: dict[str, Run]) -> list[Cell]:
+    """Every cell, in a stable order: per run, Table 1 (column-major), then extra samplers."""
+    cells = []
+    for run in runs.values():
+        for column in spec.columns:
+            kind, _ = parse_column(column)
+            for row in spec.rows[:1] if kind == "C" else spec.rows:
+                cells.append(table1_cell(run, row, column))
+        for text in spec.samplers:
+            adaptive = SAMPLERS[parse_sampler(text)[0]].evals_per_step is None
+            for budget in (None,) if adaptive else spec.nfe:
+                cells.append(nfe_cell(run, text, budget))
+    return [c for c in cells if c is not None]
+
+
+def shard_cells(cells: list[Cell], index: int, count: int) -> list[Cell]:
+    """Cells with position % count == index."""
+    return [c for k, c in enumerate(cells) if k % count == index]
+
+
+# --------------------------------------------------------------------------------------------
+# Evaluating one cell.
+# --------------------------------------------------------------------------------------------
+
+
+def cell_config(config, cell: Cell) -> ml_collections.ConfigDict:
+    """An unlocked copy of `config` with the cell's `config.sampling` fields (and N) set."""
+    cfg = ml_collections.ConfigDict(config.to_dict())
+    cfg.sampling.method = cell.method
+    for key, value in cell.options:
+        cfg.sampling[key] = value
+    if cell.num_scales is not None:
+        cfg.model.num_scales = cell.num_scales
+    return cfg
+
+
+def build_sampling_fn(config, cell: Cell, model, shape, sharding=None):
+    """`sampling_fn(key, params) -> (x, nfe)` of a cell.
+
+    The sampling SDE has the cell's N; the score function keeps the training SDE
+    (`score_sde`), so a discrete-time model is queried with its training labels: P2000 on a
+    N = 1000 model evaluates `s(x, i / 2)` (the paper's interpolation, Table 1).
+    """
+    import datasets
+
+    cfg = cell_config(config, cell)
+    train_sde, _ = run_lib.get_sde(config)
+    sampling_sde, eps = run_lib.get_sde(cfg)
+    inverse_scaler = datasets.get_data_inverse_scaler(config)
+    return sampling.get_sampling_fn(
+        cfg, sampling_sde, model, shape, inverse_scaler, eps, sharding=sharding, score_sde=train_sde
+    )
+
+
+@dataclasses.dataclass
+class RunContext:
+    """A run with its model and restored EMA params."""
+
+    run: Run
+    model: Any
+    params: Any
+    step: int
+    mesh: Any
+
+
+def restore_ema_params(config, workdir: str, model, ckpt: int = -1):
+    """EMA params of checkpoint index `ckpt` (step ckpt * snapshot_freq; -1 = latest good)."""
+    import losses
+
+    ckpt_dir = os.path.join(os.path.abspath(workdir), "checkpoints")
+    how = f"train first: python main.py --config <config> --workdir {workdir} --mode train"
+    if not os.path.isdir(ckpt_dir):
+        raise FileNotFoundError(f"No checkpoint directory {ckpt_dir}; {how}")
+    tx = losses.get_optimizer(config)
+    abstract = jax.eval_shape(
+        lambda: run_lib.create_train_state(config, model, tx, jax.random.key(0))
+    )
+    manager = run_lib.checkpoint_manager(workdir, config)
+    try:
+        max_step = None if ckpt < 0 else ckpt * config.training.snapshot_freq
+        if max_step is not None and max_step not in manager.all_steps(read=True):
+            raise FileNotFoundError(
+                f"No checkpoint step {max_step} (sweep.ckpt={ckpt}) in {ckpt_dir}; "
+                f"available steps: {sorted(manager.all_steps(read=True))}"
+            )
+        state, step = run_lib.restore_latest_good(manager, abstract, tx, max_step=max_step)
+    finally:
+        manager.close()
+    if state is None:
+        raise FileNotFoundError(f"No restorable checkpoint in {ckpt_dir}; {how}")
+    return state.ema_params, step
+
+
+def load_run(run: Run, spec: SweepSpec) -> RunContext:
+    """Builds the run's model and restores its EMA params."""
+    from models import utils as mutils
+
+    run_lib.check_batch_size(spec.batch_size)
+    model = mutils.get_model(run.config)
+    params, step = restore_ema_params(run.config, run.workdir, model, spec.ckpt)
+    logging.info("Run %s: checkpoint step %d of %s", run.label, step, run.workdir)
+    return RunContext(run, model, params, step, run_lib.make_mesh())
+
+
+def _compile(fn, key, params):
+    """AOT-compiles a jitted `fn(key, params)`; returns (callable, compile seconds)."""
+    start = time.perf_counter()
+    if hasattr(fn, "lower"):
+        fn = fn.lower(key, params).compile()
+    else:  # Not a jitted function: one warm-up call stands in for compilation.
+        jax.block_until_ready(fn(key, params))
+    return fn, time.perf_counter() - start
+
+
+def draw_samples(sampling_fn, params, spec: SweepSpec, batch_size: int, work_dir: str) -> dict:
+    """`spec.num_samples` uint8 samples in rounds; round r uses `fold_in(key(seed), r)`.
+
+    Each round is saved to `work_dir/round_<r>.npz`, so a killed cell resumes at the first
+    missing round. Sampling time excludes compilation (reported as `compile_s`).
+    """
+    key = jax.random.key(spec.seed)
+    rounds, compiled, compile_s = [], None, 0.0
+    for r in range(-(-spec.num_samples // batch_size)):
+        path = os.path.join(work_dir, f"round_{r}.npz")
+        if not os.path.exists(path):
+            if compiled is None:
+                compiled, compile_s = _compile(sampling_fn, jax.random.fold_in(key, r), params)
+            start = time.perf_counter()
+            x, nfe = jax.block_until_ready(compiled(jax.random.fold_in(key, r), params))
+            wall = time.perf_counter() - start
+            tmp = path + ".tmp.npz"
+            np.savez(tmp, samples=utils.to_uint8(jax.device_get(x)), nfe=np.asarray(nfe), wall=wall)
+            os.replace(tmp, path)  # never a half-written round
+        with np.load(path) as f:
+            rounds.append({k: f[k] for k in ("samples", "nfe", "wall")})
+    wall_s = float(sum(r["wall"] for r in rounds))
+    return {
+        "samples": np.concatenate([r["samples"] for r in rounds])[: spec.num_samples],
+        "nfe_rounds": [float(r["nfe"]) for r in rounds],
+        "wall_s": wall_s,
+        "compile_s": compile_s,
+        "images_per_s": len(rounds) * batch_size / wall_s if wall_s > 0 else float("nan"),
+    }
+
+
+def _keep_metric(key: str, wanted: tuple[str, ...]) -> bool:
+    if not wanted:
+        return True
+    if any(key in METRICS[m] for m in wanted):
+        return True
+    return ("fd" in wanted and key.startswith("fd_")) or (
+        "kid" in wanted and key.startswith("kid_")
+    )
+
+
+def cell_metrics(ctx: RunContext, spec: SweepSpec, cell: Cell, samples, folder: str) -> dict:
+    """Sample metrics of `run_lib._sample_metrics`, restricted to `spec.metrics`; bpd on
+    'ode' cells when asked (the probability-flow likelihood of the test data)."""
+    wanted = spec.metrics
+    config = ml_collections.ConfigDict(ctx.run.config.to_dict())
+    if wanted and not set(wanted) & {"fid", "kid", "is"}:
+        config.eval.inception_path = "none"
+    if wanted and not set(wanted) & {"fd", "kid"}:
+        config.eval.feature_extractor_path = ""
+    results = {}
+    if not wanted or set(wanted) - {"bpd"}:
+        results = run_lib._sample_metrics(config, samples, folder)
+    results = {k: float(v) for k, v in results.items() if _keep_metric(k, wanted)}
+    if "bpd" in wanted and cell.method == "ode":
+        train_sde, _ = run_lib.get_sde(config)
+        state = dataclasses.make_dataclass("_EMA", ["ema_params"])(ctx.params)
+        results["bpd"] = run_lib._eval_bpd(
+            config, state, train_sde, ctx.model, folder, ctx.step, ctx.mesh
+        )
+    return results
+
+
+def evaluate_cell(ctx: RunContext, cell: Cell, spec: SweepSpec, out_dir: str) -> dict:
+    """Samples and scores one cell; returns its record (what `cells/<cell_id>.json` holds)."""
+    config = ctx.run.config
+    shape = (spec.batch_size, config.data.image_size, config.data.image_size)
+    shape += (config.data.num_channels,)
+    fn = build_sampling_fn(config, cell, ctx.model, shape, NamedSharding(ctx.mesh, P("data")))
+    work_dir = os.path.join(out_dir, "work", cell.cell_id)
+    os.makedirs(work_dir, exist_ok=True)
+    draws = draw_samples(fn, ctx.params, spec, spec.batch_size, work_dir)
+    samples = draws.pop("samples")
+    metrics = cell_metrics(ctx, spec, cell, samples, work_dir)
+    save_grid(samples[:64], os.path.join(out_dir, "grids", f"{cell.cell_id}.png"))
+    options = dict(cell.options)
+    return {
+        "cell_id": cell.cell_id,
+        **{k: v for k, v in dataclasses.asdict(cell).items() if k != "options"},
+        "sampler": cell.row,
+        "sde": config.training.sde,
+        "predictor": options.get("predictor", ""),
+        "corrector": options.get("corrector", ""),
+        "options": options,
+        "steps": cell.num_scales or options.get("steps"),
+        "nfe": float(np.mean(draws["nfe_rounds"])),
+        "metrics": metrics,
+        "num_samples": int(len(samples)),
+        "ckpt_step": int(ctx.step),
+        "workdir": ctx.run.workdir,
+        **draws,
+    }
+
+
+def save_grid(samples_uint8: np.ndarray, path: str) -> None:
+    from PIL import Image
+
+    os.makedirs(os.path.dirname(path), exist_ok=True)
+    grid = utils.image_grid(samples_uint8)
+    Image.fromarray(grid[..., 0] if grid.shape[-1] == 1 else grid).save(path)
+
+
+def _write_atomic(path: str, text: str) -> None:
+    os.makedirs(os.path.dirname(path), exist_ok=True)
+    tmp = f"{path}.tmp{os.getpid()}"
+    with open(tmp, "w") as f:
+        f.write(text)
+    os.replace(tmp, path)
+
+
+# --------------------------------------------------------------------------------------------
+# The sweep loop.
+# --------------------------------------------------------------------------------------------
+
+
+def run_sweep(config, workdir: str, shard: str = "0/1") -> list[dict]:
+    """Evaluates this shard's unfinished cells, one JSON file each, rebuilding the outputs.
+
+    Args:
+      config: the current run's config, optionally with a `sweep` ConfigDict.
+      workdir: the current run's workdir; results go to `workdir/sweep/`.
+      shard: 'i/n': evaluate cells whose enumeration index % n == i.
+
+    Returns:
+      The records of every finished cell in `workdir/sweep/cells` (all shards).
+    """
+    index, count = parse_shard(shard)
+    spec = get_sweep_spec(config)
+    runs = get_runs(config, workdir, spec)
+    cells = enumerate_cells(spec, runs)
+    out_dir = os.path.join(os.path.abspath(workdir), "sweep")
+    mine = shard_cells(cells, index, count)
+    logging.info(
+        "Sweep: %d cells, %d in shard %s, results in %s", len(cells), len(mine), shard, out_dir
+    )
+    contexts: dict[str, RunContext] = {}
+    bar = utils.progress_bar(len(mine), desc=f"sweep {shard}")
+    for cell in mine:
+        path = os.path.join(out_dir, "cells", f"{cell.cell_id}.json")
+        if os.path.exists(path):
+            _log_finished(path, cell)
+        else:
+            logging.info("Cell %s ...", cell.cell_id)
+            if cell.run not in contexts:
+                contexts[cell.run] = load_run(runs[cell.run], spec)
+            record = evaluate_cell(contexts[cell.run], cell, spec, out_dir)
+            if utils.is_main_process():
+                _write_atomic(path, json.dumps(record, indent=2, default=float) + "\n")
+                shutil.rmtree(os.path.join(out_dir, "work", cell.cell_id), ignore_errors=True)
+                write_outputs(out_dir, spec, cells)
+        bar.update()
+    bar.close()
+    if utils.is_main_process():
+        write_outputs(out_dir, spec, cells)
+    return load_records(out_dir)
+
+
+def _log_finished(path: str, cell: Cell) -> None:
+    """Logs a skipped cell; warns when its file was made with other sampler settings."""
+    with open(path) as f:
+        record = json.load(f)
+    if record.get("options", dict(cell.options)) != dict(cell.options):
+        logging.warning(
+            "Cell %s was computed with %s, not %s; delete %s to recompute it.",
+            cell.cell_id, record["options"], dict(cell.options), path,
+        )  # fmt: skip
+    else:
+        logging.info("Cell %s is finished; skipping it.", cell.cell_id)
+
+
+# --------------------------------------------------------------------------------------------
+# Outputs: results.csv, table1.md, nfe_table.md, quality_vs_nfe.png.
+# --------------------------------------------------------------------------------------------
+
+CSV_FIELDS = (
+    "cell_id", "run", "sde", "group", "sampler", "method", "predictor", "corrector", "column",
+    "steps", "nfe_budget", "nfe",
+)  # fmt: skip
+CSV_TAIL = ("wall_s", "compile_s", "images_per_s", "num_samples", "ckpt_step")
+
+
+def load_records(out_dir: str) -> list[dict]:
+    """Every finished cell record in `out_dir/cells`, sorted by cell id."""
+    folder = os.path.join(out_dir, "cells")
+    names = (
+        sorted(n for n in os.listdir(folder) if n.endswith(".json"))
+        if os.path.isdir(folder)
+        else []
+    )
+    records = []
+    for name in names:
+        with open(os.path.join(folder, name)) as f:
+            records.append(json.load(f))
+    return records
+
+
+def primary_metric(records: list[dict]) -> str | None:
+    """'fid' when any cell has it, else the first 'fd_<name>', else None."""
+    keys = sorted({k for r in records for k in r["metrics"]})
+    if "fid" in keys:
+        return "fid"
+    return next((k for k in keys if k.startswith("fd")), None)
+
+
+def _fmt(value) -> str:
+    return "-" if value is None else f"{value:.4g}"
+
+
+def write_outputs(out_dir: str, spec: SweepSpec, cells: list[Cell]) -> None:
+    """Rebuilds every summary file from the cell files present (any shard)."""
+    records = load_records(out_dir)
+    metric = primary_metric(records)
+    write_csv(records, os.path.join(out_dir, "results.csv"))
+    by_cell = {r["cell_id"]: r for r in records}
+    runs = list(dict.fromkeys(c.run for c in cells))
+    _write_atomic(os.path.join(out_dir, "table1.md"), table1_markdown(spec, runs, by_cell, metric))
+    _write_atomic(os.path.join(out_dir, "nfe_table.md"), nfe_markdown(spec, cells, by_cell, metric))
+    plot_quality_vs_nfe(records, metric, os.path.join(out_dir, "quality_vs_nfe.png"))
+
+
+def write_csv(records: list[dict], path: str) -> None:
+    metric_keys = sorted({k for r in records for k in r["metrics"]})
+    rows = [[r.get(k, "") for k in CSV_FIELDS] + [r["metrics"].get(k, "") for k in metric_keys]
+            + [r.get(k, "") for k in CSV_TAIL] for r in records]  # fmt: skip
+    tmp = f"{path}.tmp{os.getpid()}"
+    with open(tmp, "w", newline="") as f:
+        writer = csv.writer(f)
+        writer.writerow([*CSV_FIELDS, *metric_keys, *CSV_TAIL])
+        writer.writerows(rows)
+    os.replace(tmp, path)
+
+
+def _value(record: dict | None, metric: str | None):
+    return None if record is None or metric is None else record["metrics"].get(metric)
+
+
+def table1_markdown(spec: SweepSpec, runs: list[str], by_cell: dict, metric: str | None) -> str:
+    """Rows = samplers, columns = `spec.columns` per run; C columns repeat in every row."""
+    header = ["predictor"] + [f"{run} {col}" for run in runs for col in spec.columns]
+    lines = [f"Table 1 layout (Song et al. 2021). Metric: {metric or 'none yet'} "
+             f"(lower is better); '-' = not evaluated.", "",
+             "| " + " | ".join(header) + " |", "|---" * len(header) + "|"]  # fmt: skip
+    for row in spec.rows:
+        texts = [ROW_TITLES.get(row, row)]
+        for run in runs:
+            for col in spec.columns:
+                shared = parse_column(col)[0] == "C"
+                cell_id = Cell(run, "table1", "corrector" if shared else row, col, "pc", ()).cell_id
+                texts.append(_fmt(_value(by_cell.get(cell_id), metric)))
+        lines.append("| " + " | ".join(texts) + " |")
+    return "\n".join(lines) + "\n"
+
+
+def nfe_markdown(spec: SweepSpec, cells: list[Cell], by_cell: dict, metric: str | None) -> str:
+    """Rows = extra samplers (per run), columns = NFE budgets (+ adaptive solvers)."""
+    nfe_cells = [c for c in cells if c.group == "nfe"]
+    columns = [f"nfe{b}" for b in spec.nfe] + (
+        ["adaptive"] if any(c.column == "adaptive" for c in nfe_cells) else []
+    )
+    header = ["run", "sampler"] + [c.removeprefix("nfe") for c in columns]
+    lines = [f"Metric: {metric or 'none yet'} vs NFE budget; (nfe N) = the NFE really used when "
+             "it differs; '-' = not evaluated.", "",
+             "| " + " | ".join(header) + " |", "|---" * len(header) + "|"]  # fmt: skip
+    for run, sampler in dict.fromkeys((c.run, c.row) for c in nfe_cells):
+        texts = [run, sampler]
+        for column in columns:
+            record = next(
+                (by_cell.get(c.cell_id) for c in nfe_cells
+                 if (c.run, c.row, c.column) == (run, sampler, column)), None,
+            )  # fmt: skip
+            text = _fmt(_value(record, metric))
+            if record is not None and record.get("nfe_budget") != record["nfe"]:
+                text += f" (nfe {record['nfe']:.0f})"
+            texts.append(text)
+        lines.append("| " + " | ".join(texts) + " |")
+    return "\n".join(lines) + "\n"
+
+
+def plot_quality_vs_nfe(records: list[dict], metric: str | None, path: str) -> None:
+    """Primary metric vs real NFE: one line per (run, extra sampler), Table 1 cells as points."""
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.figure import Figure
+
+    fig = Figure(figsize=(7, 4.5))  # Agg canvas, no pyplot state
+    FigureCanvasAgg(fig)
+    ax = fig.add_subplot()
+    lines: dict[tuple[str, str], list] = {}
+    for r in records:
+        value = _value(r, metric)
+        if value is None or not math.isfinite(value):
+            continue
+        if r["group"] == "nfe":
+            lines.setdefault((r["run"], r["row"]), []).append((r["nfe"], value))
+        else:
+            ax.scatter([r["nfe"]], [value], marker="x", color="gray")
+            ax.annotate(f"{r['run']} {r['row']} {r['column']}", (r["nfe"], value), fontsize=6)
+    for (run, sampler), points in sorted(lines.items()):
+        xs, ys = zip(*sorted(points))
+        ax.plot(xs, ys, marker="o", label=f"{run} {sampler}")
+    ax.set_xscale("log")
+    ax.margins(x=0.15)  # room for the point labels
+    ax.set_title("Sample quality vs NFE (lower is better)", fontsize=9)
+    ax.set_xlabel("NFE (score evaluations per sample)")
+    ax.set_ylabel(metric or "no metric yet")
+    if lines:
+        ax.legend(fontsize=7)
+    fig.subplots_adjust(left=0.1, right=0.97, bottom=0.12, top=0.96)
+    tmp = f"{path}.tmp{os.getpid()}.png"
+    fig.savefig(tmp, dpi=100)
+    os.replace(tmp, path)
+
+
+# --------------------------------------------------------------------------------------------
+# Command line (flags are defined only when run as a script, so main.py can import this).
+# --------------------------------------------------------------------------------------------
+
+
+def _with_cli_overrides(config, flag_sweep) -> ml_collections.ConfigDict:
+    """`config` with `config.sweep` updated by the `--sweep.*` fields that differ from the
+    defaults (so a sweep written in the config file can be adjusted from the command line)."""
+    defaults = default_sweep_config().to_dict()
+    overrides = {k: v for k, v in flag_sweep.to_dict().items() if v != defaults[k]}
+    config = ml_collections.ConfigDict(config.to_dict())
+    values = config.sweep.to_dict() if "sweep" in config else {}
+    config.sweep = ml_collections.ConfigDict(values | overrides)
+    return config
+
+
+def _cli() -> None:
+    from absl import app, flags
+    from ml_collections import config_flags
+
+    config_flags.DEFINE_config_file("config", None, "Run configuration.", lock_config=True)
+    config_flags.DEFINE_config_dict(
+        "sweep", default_sweep_config(), "Sweep grid, e.g. --sweep.columns=\"('P10','PC10')\"."
+    )
+    flags.DEFINE_string("workdir", None, "Work directory with checkpoints/; results in sweep/.")
+    flags.DEFINE_string("shard", "0/1", "Run the cells with index % n == i ('i/n').")
+    flags.mark_flags_as_required(["config", "workdir"])
+
+    def main(argv):
+        del argv
+        try:
+            import tensorflow as tf
+
+            tf.config.set_visible_devices([], "GPU")  # TF is only the data / Inception runtime.
+        except ImportError:
+            pass
+        utils.quiet_library_logs()
+        fl = flags.FLAGS
+        run_sweep(_with_cli_overrides(fl.config, fl.sweep), fl.workdir, fl.shard)
+
+    app.run(main)
+
+
+if __name__ == "__main__":
+    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+    _cli()
