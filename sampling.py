@@ -435,6 +435,10 @@ def _sampler_builder(config, sde, shape, inverse_scaler, eps, sharding):
                 algorithm=s.get("dpm_algorithm", "dpmsolver"),
                 skip_type=s.get("skip_type", "logSNR"),
             )
+        elif method == "ddim":
+            options.update(skip_type=s.get("skip_type", "time_uniform"))
+        else:
+            options.update(rho=s.get("heun_rho", 7.0), variable=s.get("heun_variable", "t"))
         return lambda score_fn: fast_samplers.get_fast_sampler(
             method, sde, score_fn, shape, **options, **common
         ), True  # fmt: skip
@@ -461,8 +465,9 @@ def get_sampling_fn(config, sde, model, shape, inverse_scaler, eps, sharding=Non
       * 'pc': predictor, corrector, snr, n_steps_each, probability_flow, noise_removal;
       * 'ode': diffrax Dopri5 at rtol = atol = 1e-5 (`sampling.rtol/atol` if set),
         denoise = noise_removal;
-      * 'dpm_solver' / 'ddim' / 'heun' (fast_samplers.py): `sampling.steps` (NFE budget),
-        `dpm_order`, `dpm_method`, `dpm_algorithm`, `skip_type`;
+      * 'dpm_solver' / 'ddim' / 'heun' (fast_samplers.py): `sampling.steps` (NFE budget;
+        Heun's number of intervals), `dpm_order`, `dpm_method`, `dpm_algorithm`, `skip_type`,
+        `heun_rho`, `heun_variable`, `fast_denoise` (final x0 prediction, one more NFE);
       * 'adaptive' (sde_solvers.py, "Gotta Go Fast"): `sampling.abstol`, `reltol`.
     The fields beyond the original's are read with defaults, so the paper's configs need none.
     As the original, the ODE paths query the model as a continuous one. The function is jitted
