@@ -280,3 +280,65 @@ def test_invalid_combinations_and_shapes():
         sampling.get_pc_sampler(sde_lib.VPSDE(N=10), bad_t, (4, 2), "euler_maruyama", "none")(
             jax.random.key(0)
         )
+
+
+# --------------------------------------------------------------------------------------------
+# get_sampling_fn: every config.sampling.method through a counting stand-in network.
+# --------------------------------------------------------------------------------------------
+
+
+class _CountingModel:
+    """Stand-in for a Flax model: output 0, counts evaluations with a host callback."""
+
+    def __init__(self):
+        self.calls = 0
+
+    def apply(self, variables, x, labels, train=False):
+        del variables, train
+
+        def count(_):
+            self.calls += 1
+
+        jax.debug.callback(count, labels)
+        return jnp.zeros_like(x)
+
+
+@pytest.mark.parametrize(
+    "method,fields",
+    [
+        ("pc", {}),
+        ("ode", {"rtol": 1e-3, "atol": 1e-3}),
+        ("dpm_solver", {"steps": 12, "dpm_order": 3, "dpm_method": "singlestep"}),
+        ("ddim", {"steps": 7}),
+        ("heun", {"steps": 5}),
+        ("adaptive", {"reltol": 0.1}),
+    ],
+)
+def test_get_sampling_fn_methods_report_real_nfe(method, fields):
+    from configs.testing import ddpmpp_tiny
+
+    config = ddpmpp_tiny.get_config()
+    with config.unlocked():
+        config.sampling.method = method
+        config.sampling.update(fields)
+    sde = sde_lib.VPSDE(config.model.beta_min, config.model.beta_max, config.model.num_scales)
+    model = _CountingModel()
+    fn = sampling.get_sampling_fn(config, sde, model, (2, 4, 4, 1), lambda x: x, 1e-3)
+    x, nfe = fn(jax.random.key(0), {})
+    jax.block_until_ready(x)
+    jax.effects_barrier()
+    assert x.shape == (2, 4, 4, 1) and np.all(np.isfinite(x))
+    assert int(nfe) == model.calls > 0
+    if method in ("dpm_solver", "ddim"):
+        assert int(nfe) == fields["steps"]
+    if method == "heun":
+        assert int(nfe) == 2 * fields["steps"] - 1
+
+
+def test_get_sampling_fn_unknown_method_lists_valid_ones():
+    from configs.testing import ddpmpp_tiny
+
+    config = ddpmpp_tiny.get_config()
+    config.sampling.method = "dpm-solver"
+    with pytest.raises(ValueError, match="dpm_solver.*heun.*adaptive"):
+        sampling.get_sampling_fn(config, sde_lib.VPSDE(N=25), None, (2, 4, 4, 1), None, 1e-3)
