@@ -127,7 +127,8 @@ def default_sweep_config() -> ml_collections.ConfigDict:
     # Table 1 columns (P|C|PC)<N>: predictor only / corrector only, 2 steps per level /
     # predictor + 1 corrector step; N steps. Corrector and snr from config.sampling.
     s.columns = ("P1000", "P2000", "C2000", "PC1000")
-    # Extra samplers 'name[:option=value...]' (names in SAMPLERS), one cell per NFE budget.
+    # Extra samplers 'name[:option=value...][@N1/N2...]' (names in SAMPLERS), one cell per NFE
+    # budget: the sampler's own '@' budgets, else `nfe`.
     s.samplers = ()
     # NFE budgets of the extra samplers (adaptive solvers run once, at their own NFE).
     s.nfe = (10, 20, 50, 100, 1000)
@@ -244,9 +245,29 @@ def _parse_value(text: str):
     return text
 
 
+def split_budgets(text: str) -> tuple[str, tuple[int, ...] | None]:
+    """'heun@10/20' -> ('heun', (10, 20)): a sampler's own NFE budgets (else `sweep.nfe`)."""
+    text, sep, budgets = str(text).partition("@")
+    if not sep:
+        return text, None
+    try:
+        values = tuple(int(b) for b in budgets.split("/"))
+    except ValueError:
+        values = ()
+    if not values or min(values) < 1:
+        raise ValueError(
+            f"Bad NFE budgets {budgets!r} in sampler {text + sep + budgets!r}; the form is "
+            "'name[:option=value...]@N1/N2/...' with positive integers, e.g. 'heun@10/20/50'"
+        )
+    return text, values
+
+
 def parse_sampler(text: str) -> tuple[str, dict[str, Any]]:
-    """'dpm_solver:order=2:method=multistep' -> ('dpm_solver', {'order': 2, ...})."""
-    name, *parts = str(text).split(":")
+    """'dpm_solver:order=2:method=multistep' -> ('dpm_solver', {'order': 2, ...}).
+
+    A suffix '@10/20' (the sampler's own NFE budgets) is allowed and ignored here.
+    """
+    name, *parts = split_budgets(text)[0].split(":")
     _check_choice("sampler", name, tuple(SAMPLERS))
     kind, options = SAMPLERS[name], {}
     for part in parts:
@@ -445,8 +466,9 @@ def enumerate_cells(spec: SweepSpec, runs: dict[str, Run]) -> list[Cell]:
             for row in spec.rows[:1] if kind == "C" else spec.rows:
                 cells.append(table1_cell(run, row, column))
         for text in spec.samplers:
+            text, budgets = split_budgets(text)
             adaptive = SAMPLERS[parse_sampler(text)[0]].evals_per_step is None
-            for budget in (None,) if adaptive else spec.nfe:
+            for budget in (None,) if adaptive else budgets or spec.nfe:
                 cells.append(nfe_cell(run, text, budget))
     return [c for c in cells if c is not None]
 
@@ -806,7 +828,8 @@ def table1_markdown(spec: SweepSpec, runs: list[str], by_cell: dict, metric: str
 def nfe_markdown(spec: SweepSpec, cells: list[Cell], by_cell: dict, metric: str | None) -> str:
     """Rows = extra samplers (per run), columns = NFE budgets (+ adaptive solvers)."""
     nfe_cells = [c for c in cells if c.group == "nfe"]
-    columns = [f"nfe{b}" for b in spec.nfe] + (
+    budgets = sorted({int(c.column[3:]) for c in nfe_cells if c.column.startswith("nfe")})
+    columns = [f"nfe{b}" for b in budgets] + (
         ["adaptive"] if any(c.column == "adaptive" for c in nfe_cells) else []
     )
     header = ["run", "sampler"] + [c.removeprefix("nfe") for c in columns]

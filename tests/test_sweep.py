@@ -443,3 +443,23 @@ def test_sweep_with_the_tiny_unet(sweep_data, tmp_path):
     assert steps >= 2 and steps == int(steps)
     assert set(ode["metrics"]) == {"fd_cnn", "bpd"}
     assert all(np.isfinite(v) for r in records.values() for v in r["metrics"].values())
+
+
+def test_sampler_budgets_override_the_global_nfe_list():
+    config = ddpmpp_tiny.get_config()
+    with config.unlocked():
+        config.sweep = sweep.default_sweep_config()
+    config.sweep.rows, config.sweep.columns = (), ()
+    config.sweep.nfe = (10, 20)
+    config.sweep.samplers = ("ddim@30/40", "heun")
+    spec = sweep.get_sweep_spec(config)
+    cells = sweep.enumerate_cells(spec, {"VP": sweep.Run("VP", config, "/tmp/unused")})
+    assert [(c.row, c.column) for c in cells] == [
+        ("ddim", "nfe30"), ("ddim", "nfe40"), ("heun", "nfe10"), ("heun", "nfe20"),
+    ]  # fmt: skip
+    table = sweep.nfe_markdown(spec, cells, {}, None)
+    assert "| run | sampler | 10 | 20 | 30 | 40 |" in table
+    for bad in ("ddim@", "ddim@0", "ddim@ten"):
+        config.sweep.samplers = (bad,)
+        with pytest.raises(ValueError, match="NFE budgets"):
+            sweep.get_sweep_spec(config)
