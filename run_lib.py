@@ -18,6 +18,7 @@ Workdir layout:
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 import signal
@@ -213,29 +214,41 @@ def checkpoint_manager(workdir: str, config) -> ocp.CheckpointManager:
     )
 
 
-def save_checkpoint(manager: ocp.CheckpointManager, state: TrainState) -> None:
+def _state_fields(state) -> dict:
+    """The pytree fields of a `flax.struct.dataclass` state (with `step`) as a dict."""
+    return {
+        f.name: getattr(state, f.name)
+        for f in dataclasses.fields(state)
+        if f.metadata.get("pytree_node", True)
+    }
+
+
+def save_checkpoint(manager: ocp.CheckpointManager, state) -> None:
+    """Saves a TrainState, or any `flax.struct.dataclass` state with a `step` (e.g. GANState)."""
     step = int(state.step)
     if step in manager.all_steps():
         return
-    item = {
-        "step": state.step,
-        "params": state.params,
-        "ema_params": state.ema_params,
-        "opt_state": state.opt_state,
-    }
+    item = _state_fields(state)
     manager.save(step, args=ocp.args.StandardSave(item), force=True)
     manager.wait_until_finished()
 
 
-def restore_checkpoint(manager, abstract: TrainState, step: int, tx=None) -> TrainState:
-    """Restores `step`; a converted checkpoint without `opt_state` gets a fresh one."""
-    meta = manager.item_metadata(step)
-    keys = set(meta.keys()) if meta is not None else {"step", "params", "ema_params", "opt_state"}
+def restore_checkpoint(manager, abstract, step: int, tx=None):
+    """Restores `step` into the structure of `abstract` (a TrainState or any state dataclass).
+
+    A converted TrainState checkpoint without `opt_state` gets a fresh one.
+    """
     # Restore replicated over this run's devices, whatever topology wrote the checkpoint.
     replicated = NamedSharding(make_mesh(), P())
     abstract = jax.tree.map(
         lambda a: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=replicated), abstract
     )
+    if not isinstance(abstract, TrainState):
+        item = manager.restore(step, args=ocp.args.StandardRestore(_state_fields(abstract)))
+        item["step"] = jnp.asarray(item["step"], jnp.int32)
+        return type(abstract)(**item)
+    meta = manager.item_metadata(step)
+    keys = set(meta.keys()) if meta is not None else {"step", "params", "ema_params", "opt_state"}
     target = {"step": abstract.step, "params": abstract.params, "ema_params": abstract.ema_params}
     if "opt_state" in keys:
         target["opt_state"] = abstract.opt_state
@@ -254,7 +267,7 @@ def restore_checkpoint(manager, abstract: TrainState, step: int, tx=None) -> Tra
     )
 
 
-def restore_latest_good(manager, abstract: TrainState, tx=None, max_step=None):
+def restore_latest_good(manager, abstract, tx=None, max_step=None):
     """The newest checkpoint that restores; a corrupt or truncated one is reported and skipped.
 
     Returns:
@@ -327,8 +340,15 @@ def _check_finite(losses_host: np.ndarray, first_step: int) -> None:
         )
 
 
-def train(config, workdir: str) -> TrainState:
-    """Runs training (the original `run_lib.train`); resumes from the last good checkpoint."""
+def train(config, workdir: str):
+    """Runs training (the original `run_lib.train`); resumes from the last good checkpoint.
+
+    A DCGAN config (`model.name == 'dcgan'`, the DDLS experiments) trains in `gan_lib.train`.
+    """
+    if config.model.name == "dcgan":
+        import gan_lib
+
+        return gan_lib.train(config, workdir)
     import datasets
     from models import utils as mutils
 

@@ -36,7 +36,11 @@ def _module_names():
 
 ALL_MODULES = _module_names()
 DEFAULT_MODULES = [m for m in ALL_MODULES if m.split(".")[-1].startswith("default_")]
-EXPERIMENTS = [m.removeprefix("configs.") for m in ALL_MODULES if m not in DEFAULT_MODULES]
+ALL_EXPERIMENTS = [m.removeprefix("configs.") for m in ALL_MODULES if m not in DEFAULT_MODULES]
+# GAN configs for DDLS (model.name='dcgan'): no SDE / sampler fields; checked at the end.
+GAN_EXPERIMENTS = [e for e in ALL_EXPERIMENTS if e.startswith("ddls.") or e == "testing.dcgan_tiny"]
+# Score-model experiment configs.
+EXPERIMENTS = [e for e in ALL_EXPERIMENTS if e not in GAN_EXPERIMENTS]
 
 
 def _flatten(d, prefix=""):
@@ -70,6 +74,12 @@ def test_discovery_finds_every_config():
     assert sum(e.startswith("demo.") for e in EXPERIMENTS) == 1
     assert len(DEFAULT_MODULES) == 4, DEFAULT_MODULES
     assert sum(e.startswith("testing.") for e in EXPERIMENTS) == 4
+    # DDLS: two DCGAN configs and their tiny testing variant.
+    assert sorted(GAN_EXPERIMENTS) == [
+        "ddls.cifar10_dcgan",
+        "ddls.fashion_mnist_dcgan",
+        "testing.dcgan_tiny",
+    ]
 
 
 @pytest.mark.parametrize("module_name", ALL_MODULES)
@@ -498,6 +508,7 @@ SHRUNK_KEYS = {
 
 def test_tiny_table_covers_every_testing_config():
     assert set(TINY) == {e.replace(".", "/") for e in EXPERIMENTS if e.startswith("testing.")}
+    assert "testing.dcgan_tiny" in ALL_EXPERIMENTS  # the GAN one is checked below
 
 
 @pytest.mark.parametrize("tiny,full", TINY.items())
@@ -560,3 +571,72 @@ def test_get_config_returns_fresh_objects():
     a.model.nf = 99
     assert b.model.nf == 16
     assert get("ve/cifar10_ncsnpp_continuous").model.nf == 128
+
+
+# --------------------------------------------------------------------------------------------
+# DDLS: DCGAN configs (gan_lib.train, ddls.run_ddls).
+
+DCGAN = ["ddls/cifar10_dcgan", "ddls/fashion_mnist_dcgan", "testing/dcgan_tiny"]
+
+
+@pytest.mark.parametrize("name", DCGAN)
+def test_dcgan_config_is_runnable(name):
+    """The fields gan_lib, models.dcgan and ddls read exist and hold valid values."""
+    from models import dcgan
+
+    c = get(name)
+    assert c.model.name == "dcgan"
+    assert c.data.source in DATA_SOURCES and c.data.centered is True
+    dcgan.num_upsamplings(c.data.image_size)  # a size the DCGAN supports
+    assert c.data.num_channels in (1, 3)
+    assert c.optim.lr == 2e-4 and c.optim.beta1 == 0.5  # Radford et al. 2015
+    t = c.training
+    assert t.snapshot_freq % t.snapshot_freq_for_preemption == 0
+    assert t.n_iters % t.snapshot_freq == 0  # the last step is a kept snapshot
+    d = c.ddls
+    assert d.step_size > 0 and d.n_steps > 0 and 0 < d.decay <= 1 and d.decay_every >= 0
+    assert 0 in d.record_steps and max(d.record_steps) <= d.n_steps
+    assert 0 < d.batch_size <= d.num_samples
+    assert c.eval.inception_path in ("", "none") and c.eval.feature_extractor_path == ""
+    assert c.to_json()
+
+
+@pytest.mark.parametrize(
+    "name,fields",
+    [
+        ("ddls/cifar10_dcgan", {"data.dataset": "CIFAR10", "data.source": "tfds",
+                                "data.image_size": 32, "data.num_channels": 3,
+                                "model.z_dim": 100}),
+        ("ddls/fashion_mnist_dcgan", {"data.dataset": "FashionMNIST", "data.source": "idx",
+                                      "data.path": "/usr/share/datasets/fashion-mnist",
+                                      "data.image_size": 28, "data.num_channels": 1,
+                                      "data.random_flip": False, "model.z_dim": 100}),
+    ],
+)  # fmt: skip
+def test_dcgan_config_values(name, fields):
+    f = flat(get(name))
+    for key, value in fields.items():
+        assert f[key] == value, key
+
+
+def test_dcgan_configs_share_one_key_tree_and_tiny_only_shrinks():
+    trees = [set(flat(get(name))) for name in DCGAN]
+    assert trees[0] == trees[1] == trees[2]
+    small, big = flat(get("testing/dcgan_tiny")), flat(get("ddls/cifar10_dcgan"))
+    changed = {k for k in small if small[k] != big[k]}
+    assert {k.split(".")[0] for k in changed} <= {"training", "data", "model", "eval", "ddls"}
+    assert small["training.batch_size"] % 8 == 0  # the 8 simulated test devices
+    assert small["training.n_iters"] <= 10 and small["ddls.num_samples"] <= 16
+
+
+def test_every_dcgan_default_field_has_a_comment_above():
+    path = CONFIGS_DIR / "ddls" / "__init__.py"
+    lines = path.read_text().splitlines()
+    fields = 0
+    for i, line in enumerate(lines):
+        stripped = line.strip()
+        if not re.match(r"[a-z_]+(\.[a-z_0-9]+)+ = ", stripped) or "ConfigDict()" in stripped:
+            continue
+        fields += 1
+        assert lines[i - 1].strip().startswith("#"), f"{path.name}:{i + 1}: {stripped}"
+    assert fields > 25
