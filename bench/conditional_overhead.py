@@ -20,6 +20,7 @@ import jax
 import jax.numpy as jnp
 
 import controllable_generation as cg
+import controllable_lib as cl
 import sampling
 import sde_lib
 from models import wideresnet_noise_conditional as wrn
@@ -62,7 +63,7 @@ def main():
     inpainter = cg.get_pc_inpainter(sde, score_fn, *pc)
     colorizer = cg.get_pc_colorizer(sde, score_fn, *pc)
     data = jax.random.uniform(jax.random.key(3), shape)
-    mask = cg.get_mask("half", None, shape)
+    mask = cl.get_mask("half", None, shape)
     gray = jnp.repeat(data.mean(-1, keepdims=True), 3, axis=-1)
     runs = {
         "unconditional": lambda k: plain(k),

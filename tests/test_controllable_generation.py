@@ -23,6 +23,7 @@ import pytest
 from PIL import Image
 
 import controllable_generation as cg
+import controllable_lib as cl
 import losses
 import run_lib
 import sampling
@@ -318,18 +319,18 @@ def test_bad_inputs_raise_clear_errors():
     with pytest.raises(ValueError, match="labels must be integers"):
         sampler(jax.random.key(0), jnp.zeros(3, jnp.int32))
     with pytest.raises(ValueError, match="valid masks"):
-        cg.get_mask("star", jax.random.key(0), (1, 8, 8, 3))
+        cl.get_mask("star", jax.random.key(0), (1, 8, 8, 3))
     with pytest.raises(ValueError, match="6 n \\+ 4"):
         wrn.WideResnet(depth=12).init(jax.random.key(0), jnp.ones((1, 8, 8, 3)), jnp.ones(1))
 
 
 def test_masks_mark_known_pixels():
     shape = (2, 8, 8, 3)
-    half = cg.get_mask("half", jax.random.key(0), shape)
+    half = cl.get_mask("half", jax.random.key(0), shape)
     assert half[:, :, :4].min() == 1 and half[:, :, 4:].max() == 0
-    center = cg.get_mask("center", jax.random.key(0), shape)
+    center = cl.get_mask("center", jax.random.key(0), shape)
     assert center[:, 2:6, 2:6].max() == 0 and center.sum() == 2 * 3 * (64 - 16)
-    rand = cg.get_mask("random", jax.random.key(0), shape)
+    rand = cl.get_mask("random", jax.random.key(0), shape)
     assert np.all(rand == rand[..., :1]) and 0.3 < rand.mean() < 0.7
 
 
@@ -373,10 +374,10 @@ def test_classifier_training_step_reduces_loss(tiny_wrn_params):
     state = run_lib.TrainState(
         jnp.asarray(0), params, jax.tree.map(jnp.copy, params), tx.init(params)
     )
-    loss_fn = cg.get_classifier_loss_fn(sde, TINY_WRN, eps=1e-3)
+    loss_fn = cl.get_classifier_loss_fn(sde, TINY_WRN, eps=1e-3)
     images, labels = _toy_batch()
     base_key = jax.random.key(1)
-    step = cg.make_classifier_train_step(loss_fn, tx, 0.9, base_key)
+    step = cl.make_classifier_train_step(loss_fn, tx, 0.9, base_key)
     # The loss under step 0's key (t and noise draws): the objective the first step descends.
     loss_at = jax.jit(lambda p: loss_fn(jax.random.fold_in(base_key, 0), p, images, labels)[0])
     before = float(loss_at(state.params))
@@ -416,7 +417,7 @@ def _tiny_workdir(tmp_path):
 
 def test_cli_inpaint_end_to_end(tmp_path):
     config, workdir, folder = _tiny_workdir(tmp_path)
-    path = cg.run(config, workdir, "inpaint", image_folder=folder, num=2, mask="half")
+    path = cl.run(config, workdir, "inpaint", image_folder=folder, num=2, mask="half")
     assert path == os.path.join(workdir, "controllable", "inpaint.png")
     grid = np.asarray(Image.open(path))
     assert grid.shape == (3 * 10 + 2, 2 * 10 + 2, 3)  # rows: input | mask | result
@@ -426,16 +427,16 @@ def test_cli_inpaint_end_to_end(tmp_path):
     assert out["result"].shape == (2, 8, 8, 3)
     # Clear errors: bad mask, wrong image size, no checkpoint, no classifier.
     with pytest.raises(ValueError, match="valid masks"):
-        cg.run(config, workdir, "inpaint", image_folder=folder, num=2, mask="star")
+        cl.run(config, workdir, "inpaint", image_folder=folder, num=2, mask="star")
     big = tmp_path / "big"
     big.mkdir()
     Image.fromarray(np.zeros((16, 16, 3), np.uint8)).save(big / "a.png")
     with pytest.raises(ValueError, match="image_size=8"):
-        cg.run(config, workdir, "inpaint", image_folder=str(big), num=1)
+        cl.run(config, workdir, "inpaint", image_folder=str(big), num=1)
     with pytest.raises(FileNotFoundError, match="No score-model checkpoint"):
-        cg.run(config, str(tmp_path / "empty"), "colorize", image_folder=folder, num=2)
+        cl.run(config, str(tmp_path / "empty"), "colorize", image_folder=folder, num=2)
     with pytest.raises(FileNotFoundError, match="No classifier checkpoint"):
-        cg.run(config, workdir, "conditional", num=2)
+        cl.run(config, workdir, "conditional", num=2)
 
 
 @pytest.mark.slow
@@ -451,18 +452,18 @@ def test_train_classifier_resumes_exactly_and_guides_the_cli(tmp_path):
         x_test=rng.integers(0, 256, (16, 8, 8, 3), dtype=np.uint8),
         y_test=rng.integers(0, 10, 16),
     )
-    cfg = cg.get_classifier_config()
+    cfg = cl.get_classifier_config()
     cfg.model.update(depth=10, widen_factor=1, temb_dim=32)
     cfg.training.update(batch_size=8, n_iters=4, log_freq=1, snapshot_freq=2)
     cfg.training.snapshot_freq_for_preemption = 2
-    full = cg.train_classifier(config, str(tmp_path / "full"), cfg)
+    full = cl.train_classifier(config, str(tmp_path / "full"), cfg)
     cfg.training.n_iters = 2
-    cg.train_classifier(config, str(tmp_path / "resumed"), cfg)
+    cl.train_classifier(config, str(tmp_path / "resumed"), cfg)
     cfg.training.n_iters = 4
-    resumed = cg.train_classifier(config, str(tmp_path / "resumed"), cfg)
+    resumed = cl.train_classifier(config, str(tmp_path / "resumed"), cfg)
     assert int(full.step) == int(resumed.step) == 4
     jax.tree.map(np.testing.assert_array_equal, full.params, resumed.params)
-    path = cg.run(config, workdir, "conditional", classifier_workdir=str(tmp_path / "full"),
+    path = cl.run(config, workdir, "conditional", classifier_workdir=str(tmp_path / "full"),
                   labels=[1, 3], num=2)  # fmt: skip
     samples = np.load(os.path.join(workdir, "controllable", "conditional.npz"))
     assert os.path.exists(path) and samples["result"].shape == (2, 8, 8, 3)
