@@ -48,7 +48,6 @@ import numpy as np
 from jax import Array
 
 import sampling
-import sde_lib
 from sde_lib import batch_bcast
 
 ScoreFn = Callable[[Array, Array], Array]
@@ -129,66 +128,7 @@ def get_classifier_grad_fn(logit_fn: LogitFn) -> ClassifierGradFn:
 # --------------------------------------------------------------------------------------------
 
 
-def _no_projection(key, x, x_mean, t):
-    del key, t
-    return x, x_mean
-
-
-def _check_pc(sde, predictor: str, corrector: str, probability_flow: bool, n_steps: int):
-    """Looks the updates up (errors list the valid names), validates ancestral sampling.
-
-    Returns:
-      `((predictor_update, corrector_update), nfe)` with `nfe` the score evaluations of a run.
-    """
-    updates = (sampling.get_predictor(predictor), sampling.get_corrector(corrector))
-    if predictor == "ancestral_sampling" and (
-        probability_flow or not isinstance(sde, (sde_lib.VESDE, sde_lib.VPSDE))
-    ):
-        raise ValueError(
-            "ancestral_sampling needs probability_flow=False and a VESDE or VPSDE, got "
-            f"{type(sde).__name__} with probability_flow={probability_flow}"
-        )
-    nfe = sde.N * ((predictor != "none") + (corrector != "none") * n_steps)
-    return updates, nfe
-
-
-def _pc_loop(
-    key,
-    x,
-    *,
-    sde,
-    score_fn,
-    updates,
-    snr,
-    n_steps,
-    probability_flow,
-    eps,
-    sharding,
-    project=_no_projection,
-):
-    """`sde.N` levels of corrector then predictor (the original's order) from `x` at T to eps.
-
-    `project(key, x, x_mean, t) -> (x, x_mean)` runs after each update (imputation). Step keys
-    are those of `sampling.get_pc_sampler`, so without a constraint the samples are identical.
-    """
-    p_update, c_update = updates
-    timesteps = jnp.linspace(sde.T, eps, sde.N)
-
-    def body(i, carry):
-        x, _ = carry
-        vec_t = jnp.full((x.shape[0],), timesteps[i], x.dtype)
-        step_key = jax.random.fold_in(key, i)
-        c_key, p_key = jax.random.split(step_key)
-        c_proj_key, p_proj_key = jax.random.split(jax.random.fold_in(step_key, 1))
-        x, x_mean = c_update(c_key, x, vec_t, sde=sde, score_fn=score_fn, snr=snr, n_steps=n_steps)
-        x, x_mean = project(c_proj_key, x, x_mean, vec_t)
-        x, x_mean = p_update(
-            p_key, x, vec_t, sde=sde, score_fn=score_fn, probability_flow=probability_flow
-        )
-        x, x_mean = project(p_proj_key, x, x_mean, vec_t)
-        return sampling._constrain(x, sharding), sampling._constrain(x_mean, sharding)
-
-    return jax.lax.fori_loop(0, sde.N, body, (x, x))
+# `sampling.check_pc` and `sampling.pc_loop` (with an imputation `project`) run every sampler.
 
 
 # --------------------------------------------------------------------------------------------
@@ -232,7 +172,7 @@ def get_pc_conditional_sampler(
       key and `scale=0` the samples equal `sampling.get_pc_sampler`'s.
     """
     shape = sampling._check_shape(shape)
-    updates, nfe = _check_pc(sde, predictor, corrector, probability_flow, n_steps)
+    updates, nfe = sampling.check_pc(sde, predictor, corrector, probability_flow, n_steps)
     inverse_scaler = inverse_scaler or sampling._identity
 
     @jax.jit
@@ -245,7 +185,7 @@ def get_pc_conditional_sampler(
 
         prior_key, loop_key = jax.random.split(key)
         x = sampling._constrain(sde.prior_sampling(prior_key, shape), sharding)
-        x, x_mean = _pc_loop(
+        x, x_mean = sampling.pc_loop(
             loop_key,
             x,
             sde=sde,
@@ -308,7 +248,7 @@ def _get_pc_imputer(
 ):
     """Jitted `impute(key, data, known) -> x`, `data` and the boolean `known` in the space of
     `to_space`; also returns the NFE of one call."""
-    updates, nfe = _check_pc(sde, predictor, corrector, probability_flow, n_steps)
+    updates, nfe = sampling.check_pc(sde, predictor, corrector, probability_flow, n_steps)
     inverse_scaler = inverse_scaler or sampling._identity
 
     @jax.jit
@@ -320,7 +260,7 @@ def _get_pc_imputer(
         # of the original (out of distribution at t = T; score_sde_pytorch#39).
         vec_T = jnp.full((data.shape[0],), sde.T, data.dtype)
         x, _ = project(jax.random.fold_in(prior_key, 1), x, x, vec_T)
-        x, x_mean = _pc_loop(
+        x, x_mean = sampling.pc_loop(
             loop_key,
             x,
             sde=sde,

@@ -223,6 +223,58 @@ def _constrain(x: Array, sharding) -> Array:
 # --------------------------------------------------------------------------------------------
 
 
+def check_pc(sde, predictor: str, corrector: str, probability_flow: bool, n_steps: int):
+    """Looks up the updates (errors list the valid names) and validates ancestral sampling.
+
+    Fails at construction, not at trace time. Returns:
+      `((predictor_update, corrector_update), nfe)`, `nfe` the score evaluations of a run.
+    """
+    updates = (get_predictor(predictor), get_corrector(corrector))
+    if predictor == "ancestral_sampling":
+        if probability_flow:
+            raise ValueError("ancestral_sampling does not support probability_flow=True")
+        if not isinstance(sde, (sde_lib.VESDE, sde_lib.VPSDE)):
+            raise ValueError(
+                f"ancestral_sampling supports VESDE and VPSDE only, not {type(sde).__name__}"
+            )
+    nfe = sde.N * (PREDICTOR_NFE.get(predictor, 1) + (corrector != "none") * n_steps)
+    return updates, nfe
+
+
+def _no_projection(key, x, x_mean, t):
+    del key, t
+    return x, x_mean
+
+
+def pc_loop(key, x, *, sde, score_fn, updates, snr, n_steps, probability_flow, eps, sharding,
+            project=_no_projection):  # fmt: skip
+    """`sde.N` levels of corrector then predictor (the original's order) from `x` at T to eps.
+
+    `project(key, x, x_mean, t) -> (x, x_mean)` runs after each update (the imputation of
+    controllable_generation); its keys are separate, so without a constraint the samples equal
+    those of `get_pc_sampler`. Returns the last `(x, x_mean)`.
+    """
+    p_update, c_update = updates
+    timesteps = jnp.linspace(sde.T, eps, sde.N)
+
+    def body(i, carry):
+        x, _ = carry
+        vec_t = jnp.full((x.shape[0],), timesteps[i], x.dtype)
+        step_key = jax.random.fold_in(key, i)
+        c_key, p_key = jax.random.split(step_key)
+        c_proj_key, p_proj_key = jax.random.split(jax.random.fold_in(step_key, 1))
+        # Corrector first, then predictor, as in the original code.
+        x, x_mean = c_update(c_key, x, vec_t, sde=sde, score_fn=score_fn, snr=snr, n_steps=n_steps)
+        x, x_mean = project(c_proj_key, x, x_mean, vec_t)
+        x, x_mean = p_update(
+            p_key, x, vec_t, sde=sde, score_fn=score_fn, probability_flow=probability_flow
+        )
+        x, x_mean = project(p_proj_key, x, x_mean, vec_t)
+        return _constrain(x, sharding), _constrain(x_mean, sharding)
+
+    return jax.lax.fori_loop(0, sde.N, body, (x, x))
+
+
 def get_pc_sampler(
     sde,
     score_fn: ScoreFn,
@@ -258,41 +310,18 @@ def get_pc_sampler(
       `sampler(key) -> (x, nfe)`, jitted; `nfe` is the number of score evaluations.
     """
     shape = _check_shape(shape)
-    predictor_update = get_predictor(predictor)
-    corrector_update = get_corrector(corrector)
-    if predictor == "ancestral_sampling":
-        # Fail at construction, not at trace time.
-        if probability_flow:
-            raise ValueError("ancestral_sampling does not support probability_flow=True")
-        if not isinstance(sde, (sde_lib.VESDE, sde_lib.VPSDE)):
-            raise ValueError(
-                f"ancestral_sampling supports VESDE and VPSDE only, not {type(sde).__name__}"
-            )
+    updates, nfe = check_pc(sde, predictor, corrector, probability_flow, n_steps)
     inverse_scaler = inverse_scaler or _identity
-    p_step = functools.partial(
-        predictor_update, sde=sde, score_fn=score_fn, probability_flow=probability_flow
-    )
-    c_step = functools.partial(
-        corrector_update, sde=sde, score_fn=score_fn, snr=snr, n_steps=n_steps
-    )
-    nfe = sde.N * (PREDICTOR_NFE.get(predictor, 1) + (corrector != "none") * n_steps)
+    loop = functools.partial(
+        pc_loop, sde=sde, score_fn=score_fn, updates=updates, snr=snr, n_steps=n_steps,
+        probability_flow=probability_flow, eps=eps, sharding=sharding,
+    )  # fmt: skip
 
     @jax.jit
     def pc_sampler(key):
         prior_key, loop_key = jax.random.split(key)
         x = _constrain(sde.prior_sampling(prior_key, shape), sharding)
-        timesteps = jnp.linspace(sde.T, eps, sde.N)
-
-        def body(i, carry):
-            x, _ = carry
-            vec_t = jnp.full((shape[0],), timesteps[i])
-            c_key, p_key = jax.random.split(jax.random.fold_in(loop_key, i))
-            # Corrector first, then predictor, as in the original code.
-            x, x_mean = c_step(c_key, x, vec_t)
-            x, x_mean = p_step(p_key, x, vec_t)
-            return _constrain(x, sharding), _constrain(x_mean, sharding)
-
-        x, x_mean = jax.lax.fori_loop(0, sde.N, body, (x, x))
+        x, x_mean = loop(loop_key, x)
         return inverse_scaler(x_mean if denoise else x)
 
     def sampler(key):
