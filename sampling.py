@@ -473,7 +473,8 @@ def _sampler_builder(config, sde, shape, inverse_scaler, eps, sharding):
         ), True  # fmt: skip
     if method == "adaptive":
         # One 8-bit level in model units, as the paper's runs: 2/255 on [-1, 1], 1/255 on [0, 1].
-        abstol = s.get("abstol", 0.0078 if config.data.centered else 0.0039)
+        abstol = s.get("abstol", -1.0)
+        abstol = (0.0078 if config.data.centered else 0.0039) if abstol < 0 else abstol
         options = {
             "abstol": abstol,
             "reltol": s.get("reltol", 0.05),
