@@ -44,6 +44,7 @@ from jax import Array
 
 import sde_lib
 from sampling import _check_shape, _constrain, _identity
+from sde_lib import batch_bcast
 
 ScoreFn = Callable[[Array, Array], Array]
 
@@ -199,17 +200,32 @@ def _at(points: _Points, i) -> _Points:
 ALGORITHMS = ("dpmsolver", "dpmsolver++")
 
 
+def dynamic_thresholding(x0: Array, ratio: float = 0.995, max_val: float = 1.0) -> Array:
+    """Dynamic thresholding of a data prediction (Saharia et al. 2022, Imagen, Sec. 2.3).
+
+    Per example, `s = max(quantile(|x0|, ratio), max_val)`; `x0` is clipped to `[-s, s]` and
+    divided by `s`, so it lies in `[-1, 1]` (with `max_val = 1`, images already in range are
+    unchanged). As the official DPM-Solver code's `dynamic_thresholding_fn`.
+    """
+    flat = jnp.abs(x0.reshape(x0.shape[0], -1))
+    s = jnp.maximum(jnp.quantile(flat, ratio, axis=1), max_val)
+    s = batch_bcast(s.astype(x0.dtype), x0)
+    return jnp.clip(x0, -s, s) / s
+
+
 class _Param(NamedTuple):
     """The prediction type: model evaluation and the ratio / coefficient / signed step."""
 
     score_fn: ScoreFn
     data: bool  # True for 'dpmsolver++'.
+    correct_x0: Callable[[Array], Array] | None = None  # e.g. dynamic thresholding.
 
     def model(self, x: Array, p: _Points) -> Array:
         score = self.score_fn(x, jnp.full((x.shape[0],), p.t, x.dtype))
         alpha, sigma = jnp.exp(p.log_alpha), jnp.exp(p.log_sigma)
         if self.data:
-            return data_prediction(x, score, alpha, sigma)
+            x0 = data_prediction(x, score, alpha, sigma)
+            return x0 if self.correct_x0 is None else self.correct_x0(x0)
         return noise_prediction(score, sigma)
 
     def hh(self, p_s: _Points, p_t: _Points) -> Array:
@@ -433,6 +449,7 @@ def get_dpm_solver_sampler(
     eps: float = 1e-3,
     lower_order_final: bool = True,
     denoise: bool = False,
+    thresholding: bool = False,
     inverse_scaler: Callable[[Array], Array] | None = None,
     sharding: jax.sharding.Sharding | None = None,
 ):
@@ -452,6 +469,9 @@ def get_dpm_solver_sampler(
       lower_order_final: multistep only: orders `min(order, steps + 1 - i)` at the last steps
         when `steps < 15` (stabilises very few steps).
       denoise: return the x0 prediction at `eps`; costs one extra NFE (counted in `nfe`).
+      thresholding: 'dpmsolver++' only: `dynamic_thresholding` of every data prediction
+        (for pixel-space models with data in [-1, 1], as the official code's option); it keeps
+        trajectories of an imperfect model from leaving the data range.
       inverse_scaler: applied to the output (None means identity).
       sharding: optional sharding of the batch (see `sampling.get_pc_sampler`).
 
@@ -461,8 +481,13 @@ def get_dpm_solver_sampler(
     shape = _check_shape(shape)
     _validate(order, method, algorithm, skip_type, steps)
     _schedule(sde)  # Fails now, not at trace time, for an unsupported SDE.
+    if thresholding and algorithm != "dpmsolver++":
+        raise ValueError(
+            f"thresholding needs algorithm='dpmsolver++' (data prediction), not {algorithm!r}"
+        )
     inverse_scaler = inverse_scaler or _identity
-    param = _Param(score_fn, algorithm == "dpmsolver++")
+    correct_x0 = dynamic_thresholding if thresholding else None
+    param = _Param(score_fn, algorithm == "dpmsolver++", correct_x0)
     orders = multistep_orders(steps, order, lower_order_final) if method == "multistep" else None
     # Singlestep (DPM-Solver-fast) orders sum to `steps`; the fixed variant drops the remainder.
     nfe = (steps // order) * order if method == "singlestep_fixed" else steps

@@ -463,6 +463,7 @@ def _sampler_builder(config, sde, shape, inverse_scaler, eps, sharding):
                 method=s.get("dpm_method", "multistep"),
                 algorithm=s.get("dpm_algorithm", "dpmsolver"),
                 skip_type=s.get("skip_type", "logSNR"),
+                thresholding=s.get("dpm_thresholding", False),
             )
         elif method == "ddim":
             options.update(skip_type=s.get("skip_type", "time_uniform"))

@@ -105,12 +105,13 @@ SAMPLERS = {
     # DPM-Solver's `steps` is its NFE budget, singlestep or multistep.
     "dpm_solver": SamplerKind(
         {"order": "dpm_order", "method": "dpm_method", "algorithm": "dpm_algorithm"}
-        | {"skip_type": "skip_type", "denoise": "fast_denoise"},
+        | {"skip_type": "skip_type", "denoise": "fast_denoise", "thresholding": "dpm_thresholding"},
         {
             "order": (1, 2, 3),
             "method": fast_samplers.METHODS,
             "algorithm": fast_samplers.ALGORITHMS,
             "skip_type": fast_samplers.SKIP_TYPES,
+            "thresholding": (True, False),
         },
     ),
     "ddim": SamplerKind({"denoise": "fast_denoise"}),

@@ -17,6 +17,8 @@ def add_fast_sampler_fields(sampling):
     sampling.dpm_method = "multistep"
     # DPM-Solver's parameterisation.
     sampling.dpm_algorithm = "dpmsolver"
+    # DPM-Solver++: dynamic thresholding of the data predictions (pixel models in [-1, 1]).
+    sampling.dpm_thresholding = False
     # DPM-Solver / DDIM time steps: 'logSNR' | 'time_uniform' | 'time_quadratic'.
     sampling.skip_type = "logSNR"
     # EDM Heun: rho of the noise levels, and the integration variable ('t' or 'sigma').

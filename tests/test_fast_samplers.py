@@ -408,3 +408,36 @@ def test_bad_names_and_values_list_valid_ones():
 
     with pytest.raises(ValueError, match=r"support the SDEs \['VESDE', 'VPSDE', 'subVPSDE'\]"):
         make(OtherSDE(), score, (4, 2))
+
+
+def test_dynamic_thresholding_clips_and_rescales_per_example():
+    x0 = jnp.stack([jnp.linspace(-0.5, 0.5, 1000), jnp.linspace(-4.0, 4.0, 1000)])
+    out = fs.dynamic_thresholding(x0, ratio=0.995, max_val=1.0)
+    # In-range example unchanged (s = max_val = 1); the other clipped at its 99.5% |x0|
+    # quantile s and divided by s, so it lies in [-1, 1] with the extremes at +-1.
+    np.testing.assert_allclose(out[0], x0[0], rtol=1e-6)
+    s = float(jnp.quantile(jnp.abs(x0[1]), 0.995))
+    np.testing.assert_allclose(out[1], jnp.clip(x0[1], -s, s) / s, rtol=1e-6)
+    assert float(jnp.max(jnp.abs(out[1]))) == pytest.approx(1.0)
+
+
+def test_thresholded_dpm_solver_pp_keeps_in_range_data_and_pulls_back_outliers():
+    sde = analytic.SDES["vpsde"]
+    kwargs = dict(steps=20, order=2, algorithm="dpmsolver++")
+    score_fn = analytic.exact_score_fn(sde)  # data N(0.5, 0.3^2): nearly all inside [-1, 1]
+    plain = fs.get_dpm_solver_sampler(sde, score_fn, (4096, 2), **kwargs)
+    clipped = fs.get_dpm_solver_sampler(sde, score_fn, (4096, 2), thresholding=True, **kwargs)
+    x, _ = plain(jax.random.key(3))
+    y, _ = clipped(jax.random.key(3))
+    assert abs(float(y.mean()) - analytic.MU) < 0.03
+    assert abs(float(y.std()) / analytic.S - 1) < 0.05
+    # The last update mixes x (weight sigma(eps) / sigma(s), small) with the clipped x0.
+    assert float(jnp.max(jnp.abs(y))) <= 1.1 < float(jnp.max(jnp.abs(x)))
+    # A score pushing far outside [-1, 1] (data N(5, 0.3^2)) ends inside the range.
+    far = fs.get_dpm_solver_sampler(
+        sde, analytic.exact_score_fn(sde, mu=5.0), (256, 2), thresholding=True, **kwargs
+    )
+    z, _ = far(jax.random.key(4))
+    assert float(jnp.max(jnp.abs(z))) <= 1.1
+    with pytest.raises(ValueError, match="dpmsolver\\+\\+"):
+        fs.get_dpm_solver_sampler(sde, score_fn, (4, 2), thresholding=True, algorithm="dpmsolver")
