@@ -3,7 +3,7 @@ PY ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
 
-.PHONY: venv demo test test-slow lint format bench clean
+.PHONY: venv demo test test-slow lint format bench bench-quality clean
 
 $(BIN)/.installed: requirements.txt
 	$(PY) -m venv $(VENV)
@@ -34,6 +34,13 @@ bench: venv
 	$(BIN)/python bench/sampler_overhead.py
 	$(BIN)/python bench/ode_vs_host.py
 	$(BIN)/python bench/train_throughput.py
+	$(BIN)/python bench/conditional_overhead.py
+	$(BIN)/python bench/ddls_langevin.py
+
+# Quality vs NFE and the Table 1 layout on the demo model (run `make demo` first; ~1 h on CPU).
+bench-quality: venv
+	$(BIN)/python bench/quality_vs_nfe.py --workdir runs/demo --grid nfe
+	$(BIN)/python bench/quality_vs_nfe.py --workdir runs/demo --grid table1 --num_samples 128
 
 clean:
 	rm -rf $(VENV) .pytest_cache .ruff_cache

@@ -4,7 +4,8 @@ Runs `sweep.run_sweep` on a trained demo workdir (`make demo`, Fashion-MNIST DDP
 two grids and copies the sweep's outputs to bench/results/:
 
   * `--grid nfe`: PC (Euler-Maruyama; reverse diffusion + Langevin), SRA1, DPM-Solver-2 (2M),
-    DPM-Solver-3 (3S), DPM-Solver++ 2M, DDIM, EDM Heun at NFE budgets {10, 20, 50, 100, 1000},
+    DPM-Solver-3 (3S), DPM-Solver++ 2M (with and without dynamic thresholding), DDIM, EDM Heun
+    at NFE budgets {10, 20, 50, 100, 1000} (the ODE solvers up to 100),
     plus Dopri5 and the adaptive SDE solver at their own NFE. Offline FD / KID (the demo's
     feature extractor) and images/s at batch 64. -> quality_vs_nfe.{csv,md,png,json}
   * `--grid table1`: the paper's Table 1 layout (rows: ancestral sampling, reverse diffusion,
@@ -28,16 +29,20 @@ import sweep
 from configs.demo import fashion_mnist_ddpmpp
 
 NFE_SAMPLERS = (
-    "pc:predictor=euler_maruyama:corrector=none@10/20/50/100/1000",
-    "pc:predictor=reverse_diffusion:corrector=langevin@20/50/100/1000",
-    "pc:predictor=sra1:corrector=none@20/50/100/1000",
+    # Probability-flow ODE solvers at a fixed NFE budget.
     "dpm_solver:order=2:method=multistep@10/20/50/100",
     "dpm_solver:order=3:method=singlestep@10/20/50/100",
     "dpm_solver:order=2:method=multistep:algorithm=dpmsolver++@10/20/50/100",
+    "dpm_solver:order=2:method=multistep:algorithm=dpmsolver++:thresholding=true@10/20/50/100",
     "ddim@10/20/50/100",
     "heun@10/20/50/100",
+    # Adaptive solvers (their own NFE).
     "ode",
     "adaptive",
+    # SDE samplers; N = budget / score evaluations per step.
+    "pc:predictor=euler_maruyama:corrector=none@10/20/50/100/1000",
+    "pc:predictor=reverse_diffusion:corrector=langevin@50/100/1000",
+    "pc:predictor=sra1:corrector=none@20/50/100/1000",
 )
 
 
