@@ -21,6 +21,7 @@ import evaluation
 import losses
 import run_lib
 import sweep
+import sweep_report
 from configs.testing import ddpm_tiny, ddpmpp_tiny
 from models import utils as mutils
 
@@ -457,7 +458,7 @@ def test_sampler_budgets_override_the_global_nfe_list():
     assert [(c.row, c.column) for c in cells] == [
         ("ddim", "nfe30"), ("ddim", "nfe40"), ("heun", "nfe10"), ("heun", "nfe20"),
     ]  # fmt: skip
-    table = sweep.nfe_markdown(spec, cells, {}, None)
+    table = sweep_report.nfe_markdown(spec, cells, {}, None)
     assert "| run | sampler | 10 | 20 | 30 | 40 |" in table
     for bad in ("ddim@", "ddim@0", "ddim@ten"):
         config.sweep.samplers = (bad,)
