@@ -246,33 +246,35 @@ def _no_projection(key, x, x_mean, t):
     return x, x_mean
 
 
-def pc_loop(key, x, *, sde, score_fn, updates, snr, n_steps, probability_flow, eps, sharding,
-            project=_no_projection):  # fmt: skip
-    """`sde.N` levels of corrector then predictor (the original's order) from `x` at T to eps.
+def pc_step(i, carry, key, *, sde, score_fn, updates, snr, n_steps, probability_flow, eps,
+            sharding, project=_no_projection):  # fmt: skip
+    """Noise level `i` of `pc_loop`: corrector then predictor at `t_i` of `linspace(T, eps, N)`.
 
-    `project(key, x, x_mean, t) -> (x, x_mean)` runs after each update (the imputation of
-    controllable_generation); its keys are separate, so without a constraint the samples equal
-    those of `get_pc_sampler`. Returns the last `(x, x_mean)`.
+    `carry` is `(x, x_mean)`; `project(key, x, x_mean, t) -> (x, x_mean)` runs after each update
+    (the imputation of controllable_generation) with keys of its own, so without a constraint
+    the samples equal those of `get_pc_sampler`.
     """
     p_update, c_update = updates
-    timesteps = jnp.linspace(sde.T, eps, sde.N)
+    x, _ = carry
+    vec_t = jnp.full((x.shape[0],), jnp.linspace(sde.T, eps, sde.N)[i], x.dtype)
+    step_key = jax.random.fold_in(key, i)
+    c_key, p_key = jax.random.split(step_key)
+    c_proj_key, p_proj_key = jax.random.split(jax.random.fold_in(step_key, 1))
+    # Corrector first, then predictor, as in the original code.
+    x, x_mean = c_update(c_key, x, vec_t, sde=sde, score_fn=score_fn, snr=snr, n_steps=n_steps)
+    x, x_mean = project(c_proj_key, x, x_mean, vec_t)
+    x, x_mean = p_update(
+        p_key, x, vec_t, sde=sde, score_fn=score_fn, probability_flow=probability_flow
+    )
+    x, x_mean = project(p_proj_key, x, x_mean, vec_t)
+    return _constrain(x, sharding), _constrain(x_mean, sharding)
 
-    def body(i, carry):
-        x, _ = carry
-        vec_t = jnp.full((x.shape[0],), timesteps[i], x.dtype)
-        step_key = jax.random.fold_in(key, i)
-        c_key, p_key = jax.random.split(step_key)
-        c_proj_key, p_proj_key = jax.random.split(jax.random.fold_in(step_key, 1))
-        # Corrector first, then predictor, as in the original code.
-        x, x_mean = c_update(c_key, x, vec_t, sde=sde, score_fn=score_fn, snr=snr, n_steps=n_steps)
-        x, x_mean = project(c_proj_key, x, x_mean, vec_t)
-        x, x_mean = p_update(
-            p_key, x, vec_t, sde=sde, score_fn=score_fn, probability_flow=probability_flow
-        )
-        x, x_mean = project(p_proj_key, x, x_mean, vec_t)
-        return _constrain(x, sharding), _constrain(x_mean, sharding)
 
-    return jax.lax.fori_loop(0, sde.N, body, (x, x))
+def pc_loop(key, x, **step_kwargs):
+    """`sde.N` levels of `pc_step` from `x` at T to eps on device; returns the last
+    `(x, x_mean)`. Keyword arguments as `pc_step`."""
+    body = functools.partial(pc_step, key=key, **step_kwargs)
+    return jax.lax.fori_loop(0, step_kwargs["sde"].N, body, (x, x))
 
 
 def get_pc_sampler(

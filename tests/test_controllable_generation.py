@@ -140,14 +140,21 @@ def test_conditional_sampler_scale_zero_is_the_unconditional_sampler():
     shape = (512, 2)
     kw = dict(eps=1e-5, snr=0.16)
     grad_fn = cg.get_classifier_grad_fn(mixture_logits(sde))
-    cond = cg.get_pc_conditional_sampler(
-        sde, mixture_score(sde), grad_fn, shape, "reverse_diffusion", "langevin", scale=0.0, **kw
-    )
+    pc = (sde, mixture_score(sde), grad_fn, shape, "reverse_diffusion", "langevin")
+    cond = cg.get_pc_conditional_sampler(*pc, scale=0.0, host_loop=False, **kw)
     plain = sampling.get_pc_sampler(
         sde, mixture_score(sde), shape, "reverse_diffusion", "langevin", **kw
     )
-    x, _ = cond(jax.random.key(3), jnp.zeros(shape[0], jnp.int32))
+    labels = jnp.zeros(shape[0], jnp.int32)
+    x, _ = cond(jax.random.key(3), labels)
     np.testing.assert_array_equal(np.asarray(x), np.asarray(plain(jax.random.key(3))[0]))
+    # The host-loop driver (the CPU default) runs the same levels with the same keys.
+    for scale in (0.0, 1.0):
+        host = cg.get_pc_conditional_sampler(*pc, scale=scale, host_loop=True, **kw)
+        device = cg.get_pc_conditional_sampler(*pc, scale=scale, host_loop=False, **kw)
+        np.testing.assert_allclose(
+            host(jax.random.key(4), labels)[0], device(jax.random.key(4), labels)[0], atol=1e-4
+        )
     assert 0.4 < float(np.mean(x[:, 0] > 0)) < 0.6
 
 
