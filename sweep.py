@@ -426,7 +426,8 @@ def _pc_budget_options(run: Run, text: str, options: dict) -> tuple[dict, int]:
     if options["predictor"] == "ancestral_sampling" and config.training.sde.lower() == "subvpsde":
         raise ValueError(f"Sampler {text!r}: ancestral sampling has no sub-VP form")
     corrector_evals = (options["corrector"] != "none") * int(options["n_steps_each"])
-    evals = (options["predictor"] != "none") + corrector_evals
+    # Two-stage predictors (sra1, stochastic_heun) evaluate the score twice per step.
+    evals = sampling.PREDICTOR_NFE.get(options["predictor"], 1) + corrector_evals
     if evals == 0:
         raise ValueError(f"Sampler {text!r} has neither a predictor nor a corrector")
     return options, evals

@@ -464,3 +464,13 @@ def test_sampler_budgets_override_the_global_nfe_list():
         config.sweep.samplers = (bad,)
         with pytest.raises(ValueError, match="NFE budgets"):
             sweep.get_sweep_spec(config)
+
+
+def test_two_stage_predictor_cells_fit_the_nfe_budget():
+    config = _ve_config()
+    cell = sweep.nfe_cell(
+        sweep.Run("VE", config, "/tmp/unused"), "pc:predictor=sra1:corrector=none", 20
+    )
+    assert cell.num_scales == 10  # 2 score evaluations per SRA1 step
+    count, labels = _run_cell(config, cell)
+    assert count == len(labels) == 20
