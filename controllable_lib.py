@@ -314,25 +314,15 @@ def load_images(config, *, image_folder: str | None = None, split: str = "test",
 
 
 def _restore_ema_params(workdir, config, model, what: str, hint: str, tx=None, abstract=None):
-    """EMA params of the newest good checkpoint in `workdir/checkpoints` (clear error if none)."""
-    import losses
+    """`run_lib.restore_ema_params`, logged and placed on one device."""
     import run_lib
 
-    if abstract is None:
-        tx = losses.get_optimizer(config)
-        abstract = jax.eval_shape(
-            lambda: run_lib.create_train_state(config, model, tx, jax.random.key(0))
-        )
-    manager = run_lib.checkpoint_manager(workdir, config)
-    state, step = run_lib.restore_latest_good(manager, abstract, tx)
-    manager.close()
-    if state is None:
-        raise FileNotFoundError(
-            f"No {what} checkpoint in {os.path.join(workdir, 'checkpoints')}; {hint}"
-        )
+    params, step = run_lib.restore_ema_params(
+        config, workdir, model, what=what, hint=hint, tx=tx, abstract=abstract
+    )
     logging.info("Restored %s checkpoint step %d from %s.", what, step, workdir)
     # One device: the CLI batches are small and need not divide the device count.
-    return jax.device_put(state.ema_params, jax.local_devices()[0])
+    return jax.device_put(params, jax.local_devices()[0])
 
 
 def _load_classifier_config(classifier_workdir: str, default):

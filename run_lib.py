@@ -289,6 +289,37 @@ def restore_latest_good(manager, abstract, tx=None, max_step=None):
     return None, None
 
 
+def restore_ema_params(config, workdir: str, model, *, what: str = "", hint: str = "",
+                       max_step=None, tx=None, abstract=None):  # fmt: skip
+    """EMA params of the newest good checkpoint in `workdir/checkpoints` (at most `max_step`).
+
+    `abstract` defaults to the score model's `TrainState` (`create_train_state`); pass another
+    state's (with its `tx`) for e.g. a classifier. Raises FileNotFoundError naming the
+    directory, `what` checkpoint is missing and `hint` (how to make one).
+
+    Returns:
+      `(ema_params, step)`.
+    """
+    ckpt_dir = os.path.join(os.path.abspath(workdir), "checkpoints")
+    if abstract is None:
+        tx = losses.get_optimizer(config)
+        abstract = jax.eval_shape(lambda: create_train_state(config, model, tx, jax.random.key(0)))
+    manager = checkpoint_manager(workdir, config)
+    try:
+        if max_step is not None and max_step not in manager.all_steps(read=True):
+            raise FileNotFoundError(
+                f"No checkpoint step {max_step} in {ckpt_dir}; "
+                f"available steps: {sorted(manager.all_steps(read=True))}"
+            )
+        state, step = restore_latest_good(manager, abstract, tx, max_step=max_step)
+    finally:
+        manager.close()
+    if state is None:
+        what = f"{what} " if what else ""
+        raise FileNotFoundError(f"No {what}checkpoint in {ckpt_dir}; {hint}")
+    return state.ema_params, step
+
+
 # --------------------------------------------------------------------------------------------
 # Training.
 # --------------------------------------------------------------------------------------------

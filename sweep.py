@@ -526,30 +526,14 @@ class RunContext:
 
 def restore_ema_params(config, workdir: str, model, ckpt: int = -1):
     """EMA params of checkpoint index `ckpt` (step ckpt * snapshot_freq; -1 = latest good)."""
-    import losses
-
     ckpt_dir = os.path.join(os.path.abspath(workdir), "checkpoints")
     how = f"train first: python main.py --config <config> --workdir {workdir} --mode train"
     if not os.path.isdir(ckpt_dir):
         raise FileNotFoundError(f"No checkpoint directory {ckpt_dir}; {how}")
-    tx = losses.get_optimizer(config)
-    abstract = jax.eval_shape(
-        lambda: run_lib.create_train_state(config, model, tx, jax.random.key(0))
+    max_step = None if ckpt < 0 else ckpt * config.training.snapshot_freq
+    return run_lib.restore_ema_params(
+        config, workdir, model, what="restorable", hint=how, max_step=max_step
     )
-    manager = run_lib.checkpoint_manager(workdir, config)
-    try:
-        max_step = None if ckpt < 0 else ckpt * config.training.snapshot_freq
-        if max_step is not None and max_step not in manager.all_steps(read=True):
-            raise FileNotFoundError(
-                f"No checkpoint step {max_step} (sweep.ckpt={ckpt}) in {ckpt_dir}; "
-                f"available steps: {sorted(manager.all_steps(read=True))}"
-            )
-        state, step = run_lib.restore_latest_good(manager, abstract, tx, max_step=max_step)
-    finally:
-        manager.close()
-    if state is None:
-        raise FileNotFoundError(f"No restorable checkpoint in {ckpt_dir}; {how}")
-    return state.ema_params, step
 
 
 def load_run(run: Run, spec: SweepSpec) -> RunContext:
