@@ -11,6 +11,30 @@ import jax
 import numpy as np
 from absl import logging
 
+# Where multi-step loops run (the fused train steps, DDLS chains, the conditional sampler):
+# "auto" (default) = device loops (`lax.scan` / `fori_loop`) on accelerators and host loops or
+# unrolled steps on CPU, where XLA:CPU runs convolution gradients inside loop bodies many times
+# slower; "device" = the accelerator branch everywhere (so CI runs it on CPU); "host" = the CPU
+# branch everywhere.
+LOOPS_ENV = "SCORE_SDE_LOOPS"
+LOOP_MODES = ("auto", "device", "host")
+
+
+def device_loops(override: bool | None = None) -> bool:
+    """True when loops should run on device (`lax.scan`), per `override` or `$SCORE_SDE_LOOPS`.
+
+    Raises:
+      ValueError: `$SCORE_SDE_LOOPS` is not one of `LOOP_MODES`.
+    """
+    if override is not None:
+        return bool(override)
+    mode = os.environ.get(LOOPS_ENV, "auto").strip().lower() or "auto"
+    if mode not in LOOP_MODES:
+        raise ValueError(f"{LOOPS_ENV}={mode!r} is not one of {LOOP_MODES}; unset it or pick one.")
+    if mode == "auto":
+        return jax.default_backend() != "cpu"
+    return mode == "device"
+
 
 def is_main_process() -> bool:
     return jax.process_index() == 0
