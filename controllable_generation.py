@@ -7,7 +7,8 @@ every sampler returns `(x, nfe)` like `sampling.get_pc_sampler`.
 
   * Class-conditional sampling (Sec. 5, Eq. 14): the conditional score is
     `grad log p_t(x) + scale * grad log p_t(y | x)`, with `p_t(y | x)` a noise-conditional
-    classifier (`models/wideresnet_noise_conditional.py`, trained by `controllable_lib.train_classifier`).
+    classifier (`models/wideresnet_noise_conditional.py`, trained by
+    `experiments.classifier.train_classifier`).
   * Inpainting and colorization (App. I.2-I.3): imputation. After every corrector and predictor
     update the known coordinates are replaced by the data perturbed to the current time,
     `mean(t) + std(t) z` from `sde.marginal_prob`. Colorization imputes in the decoupled space
@@ -34,7 +35,8 @@ CLI (absl), on a trained score model in `--workdir`:
 
 writes `W/controllable/<mode>.png` (rows: input | mask | result) and `<mode>.npz` (uint8).
 The classifier lives in `--classifier_workdir` (default `W/classifier`); its hyperparameters are
-`controllable_lib.get_classifier_config()`, overridable as `--classifier.model.depth=16` etc.
+`experiments.classifier.get_classifier_config()`, overridable as `--classifier.model.depth=16`.
+The command line itself is `experiments/controllable.py`.
 """
 
 from __future__ import annotations
@@ -408,7 +410,7 @@ if __name__ == "__main__":
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
     from absl import app
 
-    import controllable_lib
+    from experiments import controllable
 
-    controllable_lib.define_flags()
-    app.run(controllable_lib.main)
+    controllable.define_flags()
+    app.run(controllable.main)

@@ -12,42 +12,41 @@ Inception path (the paper's numbers, as in yang-song/score_sde `evaluation.py` a
    the 50k training images (`load_dataset_stats`). IS uses the sample logits as a single split.
    All three are TF-GAN's estimators (`compute_fid`, `compute_kid`, `compute_inception_score`).
 
-Offline path (no Inception weights needed): `train_feature_extractor` fits the small CNN of
-`models/feature_extractor.py` on labelled training images, and `compute_offline_metrics` reports
-the Frechet and kernel distances of its penultimate features as `fd_<name>` / `kid_<name>`.
-Those are not FIDs and are only comparable between runs that use the same saved extractor.
+Offline path (no Inception weights needed): `compute_offline_metrics` takes a features function
+(the small CNN of `models/feature_extractor.py`, trained on labelled training images by
+`experiments/extractor.py`) and reports the Frechet and kernel distances of the features as
+`fd_<name>` / `kid_<name>`. Those are not FIDs and are only comparable between runs that use the
+same saved extractor. This module takes images and features; it never builds a network or reads
+a dataset.
 
-TensorFlow only runs the Inception network and TF-GAN's estimators. GPUs are hidden from it on
-import, as the original `main.py` does, so that TensorFlow does not take accelerator memory that
-JAX needs; on a GPU host the Inception network therefore runs on the CPU, as in the original.
+TensorFlow only runs the Inception network and TF-GAN's estimators. `get_inception_model` hides
+the GPUs from it first (`utils.hide_gpus_from_tf`), as the original `main.py` does, so that
+TensorFlow does not take accelerator memory that JAX needs; on a GPU host the Inception network
+therefore runs on the CPU, as in the original.
 
-Train an extractor from the command line (data come from `datasets.get_dataset`):
+Train an extractor from the command line (`experiments/extractor.py`):
 
     python -m evaluation --train_extractor --config configs/... --workdir DIR [--steps 500]
 """
 
+import contextlib
 import functools
 import importlib
 import importlib.util
-import json
 import os
 import pathlib
 import sys
 import types
+from collections.abc import Callable
 from typing import Any
 
-import jax
 import numpy as np
-import optax
 import scipy.linalg
 import tensorflow as tf
 import tensorflow_hub as tfhub
 from absl import logging
-from flax import serialization
-from jax import numpy as jnp
 
 import utils
-from models import feature_extractor
 
 INCEPTION_TFHUB = "https://tfhub.dev/tensorflow/tfgan/eval/inception/1"
 INCEPTION_V3 = "https://tfhub.dev/google/imagenet/inception_v3/feature_vector/4"
@@ -59,53 +58,43 @@ INCEPTION_DEFAULT_IMAGE_SIZE = 299
 STATS_DIR = os.path.join("assets", "stats")
 _REPO_ROOT = pathlib.Path(__file__).resolve().parent
 
-# Files written by `train_feature_extractor` into its directory.
-EXTRACTOR_PARAMS = "params.msgpack"
-EXTRACTOR_CONFIG = "extractor.json"
 
-
-def _hide_gpus_from_tf() -> None:
-    """Hides GPUs from TensorFlow (original `main.py`); only possible before TF has started."""
+@contextlib.contextmanager
+def _stand_in_packages(names_and_paths):
+    """Temporarily registers empty packages (skipping their `__init__`), then restores
+    `sys.modules` exactly: importing through them leaves nothing global behind."""
+    before = {k: v for k, v in sys.modules.items() if k.split(".")[0] == "tensorflow_gan"}
+    for name, path in names_and_paths:
+        stand_in = types.ModuleType(name)
+        stand_in.__path__ = [str(path)]
+        sys.modules[name] = stand_in
     try:
-        tf.config.set_visible_devices([], "GPU")
-    except RuntimeError:
-        logging.warning("TensorFlow was initialised before evaluation.py; GPUs stay visible to it.")
-
-
-_hide_gpus_from_tf()
+        yield
+    finally:
+        for k in [k for k in sys.modules if k.split(".")[0] == "tensorflow_gan"]:
+            del sys.modules[k]
+        sys.modules.update(before)
 
 
 @functools.cache
 def _tfgan_eval() -> types.ModuleType:
-    """Returns the `tensorflow_gan.eval` module, importable also where `tensorflow_gan` is not.
+    """Returns TF-GAN's `eval` package (FID / IS / KID and `run_classifier_fn`).
 
     `import tensorflow_gan` fails on TF >= 2.16 because its `__init__` imports the estimator code,
     which needs the removed `tf.estimator`. The `eval` subpackage itself only needs TF, TFP and
-    TF-Hub, so we fall back to importing it under stand-in parent packages that skip those
-    `__init__` files. The stand-in `tensorflow_gan` gets an `eval` attribute, so
-    `tfgan.eval.<fn>` keeps working for code that imports `tensorflow_gan` afterwards.
+    TF-Hub, so it is imported under stand-in parent packages that skip those `__init__` files;
+    `sys.modules` is restored afterwards, so other code sees the installed package unchanged.
     """
-    try:
-        import tensorflow_gan as tfgan
-
-        return tfgan.eval
-    except (AttributeError, ImportError) as e:
-        logging.info("`import tensorflow_gan` failed (%s); importing tensorflow_gan.eval alone.", e)
+    if "tensorflow_gan" in sys.modules and hasattr(sys.modules["tensorflow_gan"], "eval"):
+        return sys.modules["tensorflow_gan"].eval  # imported normally (TF < 2.16)
     # find_spec locates the package without executing its __init__.
     spec = importlib.util.find_spec("tensorflow_gan")
     if spec is None or not spec.submodule_search_locations:
         raise ImportError("tensorflow_gan is not installed; it provides the FID/IS/KID estimators.")
     package_dir = pathlib.Path(list(spec.submodule_search_locations)[0])
-    for name, path in (
-        ("tensorflow_gan", package_dir),
-        ("tensorflow_gan.python", package_dir / "python"),
-    ):
-        stand_in = types.ModuleType(name)
-        stand_in.__path__ = [str(path)]
-        sys.modules[name] = stand_in
-    tfgan_eval = importlib.import_module("tensorflow_gan.python.eval")
-    sys.modules["tensorflow_gan"].eval = tfgan_eval
-    return tfgan_eval
+    parents = (("tensorflow_gan", package_dir), ("tensorflow_gan.python", package_dir / "python"))
+    with _stand_in_packages(parents):
+        return importlib.import_module("tensorflow_gan.python.eval")
 
 
 # ----------------------------------------------------------------------------------------------
@@ -131,6 +120,7 @@ def get_inception_model(inceptionv3: bool = False, path: str = "") -> Any:
             f"Unpack {INCEPTION_V3 if inceptionv3 else INCEPTION_TFHUB} there, or set the "
             "path to '' to download it from TF-Hub."
         )
+    utils.hide_gpus_from_tf()
     handle = path or (INCEPTION_V3 if inceptionv3 else INCEPTION_TFHUB)
     logging.info("Loading Inception module from %s", handle)
     return tfhub.load(handle)
@@ -263,7 +253,7 @@ def quantize(samples) -> np.ndarray:
 # ----------------------------------------------------------------------------------------------
 
 
-def _default_stats_filename(config) -> str | None:
+def default_stats_filename(config) -> str | None:
     """The original's stats file name for `config.data`, or None where it has none."""
     dataset = config.data.dataset
     if dataset == "CIFAR10":
@@ -291,7 +281,7 @@ def load_dataset_stats(config) -> np.ndarray:
     if stats_path:
         candidates = [stats_path]
     else:
-        filename = _default_stats_filename(config)
+        filename = default_stats_filename(config)
         if filename is None:
             # The original raises here too (FFHQ, CelebAHQ, ...).
             raise ValueError(
@@ -421,268 +411,37 @@ def kernel_distance(x, y, max_block_size: int = 1024) -> float:
 
 
 # ----------------------------------------------------------------------------------------------
-# Offline feature extractor (models/feature_extractor.py)
+# Offline feature space (models/feature_extractor.py, trained by experiments/extractor.py)
 # ----------------------------------------------------------------------------------------------
 
 
-def _scale_uint8(images) -> np.ndarray:
-    """uint8 [0, 255] -> float32 [-1, 1], the same input convention as the TF-GAN Inception."""
-    return ((np.asarray(images, np.float32) - 127.5) / 127.5).astype(np.float32)
-
-
-class OfflineExtractor:
-    """A trained `FeatureExtractor` with its parameters; computes features of uint8 images.
-
-    Attributes:
-      name: Metric suffix, e.g. 'mnist_cnn' -> `fd_mnist_cnn`, `kid_mnist_cnn`.
-      module: The Flax module.
-      params: Its parameters.
-      image_shape: (H, W, C) of the training images.
-      info: The settings stored in `extractor.json`.
-    """
-
-    def __init__(self, name: str, module, params, image_shape, info: dict | None = None):
-        self.name = name
-        self.module = module
-        self.params = params
-        self.image_shape = tuple(image_shape)
-        self.info = dict(info or {})
-        self._apply = jax.jit(module.apply)
-
-    def _outputs(self, images, batch_size: int) -> tuple[np.ndarray, np.ndarray]:
-        images = np.asarray(images)
-        if images.dtype != np.uint8 or images.shape[1:] != self.image_shape:
-            raise ValueError(
-                f"Extractor {self.name!r} takes uint8 images of shape [N, {self.image_shape}]; got "
-                f"{images.dtype} {images.shape}."
-            )
-        logits, features = [], []
-        for start in range(0, len(images), batch_size):
-            batch = _scale_uint8(images[start : start + batch_size])
-            n = len(batch)
-            # Pad the last batch to a fixed size so the forward pass compiles once.
-            batch = np.pad(batch, [(0, batch_size - n)] + [(0, 0)] * 3)
-            batch_logits, batch_features = self._apply({"params": self.params}, batch)
-            logits.append(np.asarray(batch_logits)[:n])
-            features.append(np.asarray(batch_features)[:n])
-        return np.concatenate(logits), np.concatenate(features)
-
-    def features(self, images, batch_size: int = 256) -> np.ndarray:
-        """Penultimate-layer features [N, F] (float32) of uint8 images [N, H, W, C]."""
-        return self._outputs(images, batch_size)[1]
-
-    def logits(self, images, batch_size: int = 256) -> np.ndarray:
-        """Class logits [N, num_classes] of uint8 images [N, H, W, C]."""
-        return self._outputs(images, batch_size)[0]
-
-    def accuracy(self, images, labels, batch_size: int = 256) -> float:
-        """Top-1 accuracy on uint8 images and integer labels."""
-        predictions = self.logits(images, batch_size).argmax(axis=-1)
-        return float(np.mean(predictions == np.asarray(labels)))
-
-
-def _make_train_step(module, tx):
-    def loss_fn(params, images, labels):
-        logits, _ = module.apply({"params": params}, images)
-        return optax.softmax_cross_entropy_with_integer_labels(logits, labels).mean()
-
-    @jax.jit
-    def train_step(params, opt_state, images, labels):
-        loss, grads = jax.value_and_grad(loss_fn)(params, images, labels)
-        updates, opt_state = tx.update(grads, opt_state, params)
-        return optax.apply_updates(params, updates), opt_state, loss
-
-    return train_step
-
-
-def train_feature_extractor(
-    images,
-    labels,
-    num_classes: int,
-    workdir: str,
-    steps: int = 500,
-    batch_size: int = 128,
-    seed: int = 0,
-    name: str = "cnn",
-    learning_rate: float = 1e-3,
-    eval_images=None,
-    eval_labels=None,
-) -> OfflineExtractor:
-    """Trains the offline feature extractor by cross-entropy and saves it to `workdir`.
-
-    Args:
-      images: uint8 training images [N, H, W, C].
-      labels: Integer labels [N] in [0, num_classes).
-      num_classes: Number of classes.
-      workdir: Directory for `params.msgpack` and `extractor.json` (created if missing).
-      steps: Adam steps.
-      batch_size: Minibatch size; batches are drawn uniformly with replacement.
-      seed: Seed of the parameter init and of the batch draws.
-      name: Metric suffix (`fd_<name>`, `kid_<name>`).
-      learning_rate: Adam learning rate.
-      eval_images: Optional held-out uint8 images; their accuracy is logged and saved.
-      eval_labels: Labels of `eval_images`.
-
-    Returns:
-      The trained extractor (the same as `load_feature_extractor(workdir)` returns).
-    """
-    images, labels = np.asarray(images), np.asarray(labels, np.int32)
-    if images.dtype != np.uint8 or images.ndim != 4 or len(images) != len(labels):
-        raise ValueError(f"Expected uint8 images [N,H,W,C] and labels [N]; got {images.shape}.")
-    module = feature_extractor.FeatureExtractor(num_classes=num_classes)
-    params = module.init(jax.random.key(seed), jnp.zeros((1, *images.shape[1:]), jnp.float32))[
-        "params"
-    ]
-    tx = optax.adam(learning_rate)
-    opt_state = tx.init(params)
-    train_step = _make_train_step(module, tx)
-    rng = np.random.default_rng(seed)  # Host-side batch draws.
-    for step in range(steps):
-        idx = rng.integers(0, len(images), size=batch_size)
-        params, opt_state, loss = train_step(
-            params, opt_state, _scale_uint8(images[idx]), labels[idx]
-        )
-        if step % 100 == 0 or step == steps - 1:
-            logging.info("feature extractor step %d, loss %.4f", step, float(loss))
-
-    info = {
-        "name": name,
-        "num_classes": num_classes,
-        "channels": list(module.channels),
-        "feature_dim": module.feature_dim,
-        "image_shape": list(images.shape[1:]),
-        "steps": steps,
-        "batch_size": batch_size,
-        "seed": seed,
-        "learning_rate": learning_rate,
-    }
-    extractor = OfflineExtractor(name, module, params, images.shape[1:], info)
-    if eval_images is not None:
-        extractor.info["eval_accuracy"] = extractor.accuracy(eval_images, eval_labels)
-        logging.info("feature extractor eval accuracy %.4f", extractor.info["eval_accuracy"])
-    save_feature_extractor(extractor, workdir)
-    return extractor
-
-
-def save_feature_extractor(extractor: OfflineExtractor, path: str) -> None:
-    """Writes `params.msgpack` (flax serialization) and `extractor.json` into `path`."""
-    tf.io.gfile.makedirs(path)
-    with tf.io.gfile.GFile(os.path.join(path, EXTRACTOR_PARAMS), "wb") as f:
-        f.write(serialization.to_bytes(extractor.params))
-    with tf.io.gfile.GFile(os.path.join(path, EXTRACTOR_CONFIG), "w") as f:
-        json.dump(extractor.info, f, indent=2)
-
-
-def load_feature_extractor(path: str) -> OfflineExtractor:
-    """Loads an extractor saved by `train_feature_extractor` from directory `path`."""
-    config_file = os.path.join(path, EXTRACTOR_CONFIG)
-    if not tf.io.gfile.exists(config_file):
-        raise FileNotFoundError(
-            f"No feature extractor at {path!r} ({EXTRACTOR_CONFIG} missing); train one with "
-            "`python -m evaluation --train_extractor --config ... --workdir ...`."
-        )
-    with tf.io.gfile.GFile(config_file) as f:
-        info = json.load(f)
-    module = feature_extractor.FeatureExtractor(
-        num_classes=info["num_classes"],
-        channels=tuple(info["channels"]),
-        feature_dim=info["feature_dim"],
-    )
-    # Restore into the structure of a fresh init, so a mismatched file fails loudly.
-    dummy = jnp.zeros((1, *info["image_shape"]), jnp.float32)
-    target = jax.eval_shape(module.init, jax.random.key(0), dummy)["params"]
-    target = jax.tree.map(lambda s: np.zeros(s.shape, s.dtype), target)
-    with tf.io.gfile.GFile(os.path.join(path, EXTRACTOR_PARAMS), "rb") as f:
-        params = serialization.from_bytes(target, f.read())
-    return OfflineExtractor(info["name"], module, params, info["image_shape"], info)
-
-
 def compute_offline_metrics(
-    extractor: OfflineExtractor, data_images, sample_images
+    features_fn: Callable[[np.ndarray], np.ndarray], data_images, sample_images, name: str
 ) -> dict[str, float]:
-    """Frechet and kernel distances between data and samples in the extractor's feature space.
+    """Frechet and kernel distances between data and samples in an offline feature space.
 
     Args:
-      extractor: From `load_feature_extractor` or `train_feature_extractor`.
+      features_fn: uint8 images [N, H, W, C] -> features [N, F], e.g. the `features` method of
+        `models.feature_extractor.load(path)`.
       data_images: uint8 reference images [N, H, W, C].
       sample_images: uint8 samples [M, H, W, C] (see `quantize`).
+      name: metric suffix (`fd_<name>`, `kid_<name>`).
 
     Returns:
       `{'fd_<name>': ..., 'kid_<name>': ...}`, computed with `frechet_distance` and
       `kernel_distance` in float64.
     """
-    data_features = extractor.features(data_images)
-    sample_features = extractor.features(sample_images)
+    data_features = features_fn(data_images)
+    sample_features = features_fn(sample_images)
     fd = frechet_distance(
         *activation_statistics(data_features), *activation_statistics(sample_features)
     )
     kid = kernel_distance(data_features, sample_features)
-    return {f"fd_{extractor.name}": fd, f"kid_{extractor.name}": kid}
-
-
-# ----------------------------------------------------------------------------------------------
-# Command line: python -m evaluation --train_extractor --config CFG --workdir DIR
-# ----------------------------------------------------------------------------------------------
-
-
-def _labelled_arrays(ds) -> tuple[np.ndarray, np.ndarray]:
-    """Collects uint8 images [N, H, W, C] and labels [N] from an iterable of batch dicts."""
-    images, labels = [], []
-    for batch in ds:
-        image = np.asarray(batch["image"])
-        images.append(quantize(image.reshape(-1, *image.shape[-3:])))
-        labels.append(np.asarray(batch["label"]).reshape(-1))
-    return np.concatenate(images), np.concatenate(labels)
-
-
-def _train_extractor_from_config(config, workdir: str, steps: int, batch_size: int, seed: int):
-    """Loads the labelled train / eval splits with `datasets.get_dataset` and trains."""
-    import datasets  # Lazy: the data pipeline is only needed by this command.
-
-    train_ds, eval_ds = datasets.get_dataset(config, evaluation=True)[:2]
-    images, labels = _labelled_arrays(train_ds)
-    eval_images, eval_labels = _labelled_arrays(eval_ds)
-    num_classes = int(max(labels.max(), eval_labels.max())) + 1
-    logging.info("training feature extractor on %d images, %d classes", len(images), num_classes)
-    return train_feature_extractor(
-        images,
-        labels,
-        num_classes,
-        workdir,
-        steps=steps,
-        batch_size=batch_size,
-        seed=seed,
-        name=f"{config.data.dataset.lower()}_cnn",
-        eval_images=eval_images,
-        eval_labels=eval_labels,
-    )
-
-
-def _cli() -> None:
-    # Flags are defined here, not at import, so importing this module adds no flags to main.py.
-    from absl import app, flags
-    from ml_collections import config_flags
-
-    config_flags.DEFINE_config_file("config", None, "Dataset configuration.", lock_config=True)
-    flags.DEFINE_bool("train_extractor", False, "Train the offline feature extractor.")
-    flags.DEFINE_string("workdir", None, "Directory for the trained extractor.")
-    flags.DEFINE_integer("steps", 500, "Training steps.")
-    flags.DEFINE_integer("batch_size", 128, "Training batch size.")
-    flags.DEFINE_integer("seed", 0, "Random seed.")
-    flags.mark_flags_as_required(["config", "workdir"])
-
-    def main(argv):
-        del argv
-        fl = flags.FLAGS
-        if not fl.train_extractor:
-            raise app.UsageError("Nothing to do: pass --train_extractor.")
-        extractor = _train_extractor_from_config(
-            fl.config, fl.workdir, fl.steps, fl.batch_size, fl.seed
-        )
-        logging.info("saved %s to %s (%s)", extractor.name, fl.workdir, extractor.info)
-
-    app.run(main)
+    return {f"fd_{name}": fd, f"kid_{name}": kid}
 
 
 if __name__ == "__main__":
-    _cli()
+    # The command line `python -m evaluation --train_extractor ...` lives with the experiments.
+    from experiments import extractor
+
+    extractor.cli()

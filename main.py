@@ -32,6 +32,7 @@ flags.mark_flags_as_required(["workdir", "config", "mode"])
 
 def main(argv):
     del argv
+    # Heavy imports (JAX, TensorFlow, the models) only once the flags have parsed.
     import jax
 
     if FLAGS.distributed or FLAGS.coordinator_address:
@@ -40,35 +41,27 @@ def main(argv):
             num_processes=FLAGS.num_processes,
             process_id=FLAGS.process_id,
         )
-    import tensorflow as tf
-
-    # TensorFlow is only the data / Inception runtime: keep it off the accelerators.
-    tf.config.set_visible_devices([], "GPU")
     import run_lib
+    import utils
+    from experiments import ddls, gan, sweep
 
+    utils.hide_gpus_from_tf()  # TensorFlow is only the data / Inception runtime
     os.makedirs(FLAGS.workdir, exist_ok=True)
     if FLAGS.mode == "train" and jax.process_index() == 0:
-        import logging as std_logging  # also log to W/stdout.txt, as the original
-
-        file_handler = std_logging.FileHandler(os.path.join(FLAGS.workdir, "stdout.txt"))
-        file_handler.setFormatter(logging.PythonFormatter())
-        logging.get_absl_logger().addHandler(file_handler)
+        utils.log_to_file(os.path.join(FLAGS.workdir, "stdout.txt"))  # as the original
     logging.info("JAX devices: %d (%d per process).", jax.device_count(), jax.local_device_count())
-    if FLAGS.mode == "train":
-        run_lib.train(FLAGS.config, FLAGS.workdir)
-    elif FLAGS.mode == "eval":
-        run_lib.evaluate(FLAGS.config, FLAGS.workdir, FLAGS.eval_folder)
-    elif FLAGS.mode == "stats":
-        run_lib.compute_stats(FLAGS.config, FLAGS.workdir)
-    elif FLAGS.mode == "sweep":
-        import sweep
-
-        sweep.run_sweep(FLAGS.config, FLAGS.workdir, shard=FLAGS.shard)
+    config, workdir, mode = FLAGS.config, FLAGS.workdir, FLAGS.mode
+    if mode == "train":  # DCGAN configs (the DDLS experiments) train their GAN
+        (gan.train if config.model.name == "dcgan" else run_lib.train)(config, workdir)
+    elif mode == "eval":
+        run_lib.evaluate(config, workdir, FLAGS.eval_folder)
+    elif mode == "stats":
+        run_lib.compute_stats(config, workdir)
+    elif mode == "sweep":
+        sweep.run_sweep(config, workdir, shard=FLAGS.shard)
     else:
-        import ddls
-
         folder = FLAGS.eval_folder if FLAGS["eval_folder"].present else "ddls"
-        ddls.run_ddls(FLAGS.config, FLAGS.workdir, eval_folder=folder)
+        ddls.run_ddls(config, workdir, eval_folder=folder)
 
 
 if __name__ == "__main__":

@@ -52,6 +52,19 @@ def write_config(config, workdir: str) -> None:
             f.write(config.to_json_best_effort(indent=2, sort_keys=True) + "\n")
 
 
+def hide_gpus_from_tf():
+    """Imports TensorFlow (lazily: it is heavy, and only the data and Inception runtime) and
+    hides the GPUs from it, as the original `main.py` does, so that it never takes the memory
+    JAX needs. Returns the `tensorflow` module."""
+    import tensorflow as tf
+
+    try:
+        tf.config.set_visible_devices([], "GPU")
+    except RuntimeError:  # TF was initialised already; its devices can no longer change.
+        pass
+    return tf
+
+
 class MetricWriter:
     """Appends `{"step", "time", **scalars}` lines to `metrics.jsonl` and TensorBoard scalars.
 
@@ -111,21 +124,41 @@ def image_grid(images_uint8: np.ndarray, nrow: int | None = None, padding: int =
     return grid
 
 
+def save_png(image_uint8: np.ndarray, path: str) -> str:
+    """Writes a uint8 `[H, W, C]` image (C = 1 or 3) as a PNG, creating its directory."""
+    from PIL import Image  # lazy: only the image writers need Pillow
+
+    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
+    Image.fromarray(image_uint8[..., 0] if image_uint8.shape[-1] == 1 else image_uint8).save(path)
+    return path
+
+
+def write_atomic(path: str, text: str) -> None:
+    """Writes `text` to `path` through a temporary file and a rename: never half a file."""
+    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
+    tmp = f"{path}.tmp{os.getpid()}"
+    with open(tmp, "w") as f:
+        f.write(text)
+    os.replace(tmp, path)
+
+
 def save_sample_grid(images, directory: str, name: str = "sample") -> str:
     """Writes `name.npz` (uint8 samples) and `name.png` (grid) into `directory`."""
-    from PIL import Image
-
     if not is_main_process():
         return directory
     os.makedirs(directory, exist_ok=True)
     samples = to_uint8(images)
     np.savez_compressed(os.path.join(directory, f"{name}.npz"), samples=samples)
-    grid = image_grid(samples)
-    if grid.shape[-1] == 1:
-        grid = grid[..., 0]
-    path = os.path.join(directory, f"{name}.png")
-    Image.fromarray(grid).save(path)
-    return path
+    return save_png(image_grid(samples), os.path.join(directory, f"{name}.png"))
+
+
+def log_to_file(path: str) -> None:
+    """Also writes the absl log to `path` (the original's `workdir/stdout.txt`)."""
+    import logging as std_logging
+
+    handler = std_logging.FileHandler(path)
+    handler.setFormatter(logging.PythonFormatter())
+    logging.get_absl_logger().addHandler(handler)
 
 
 class _DropLibraryInfo:
@@ -161,3 +194,23 @@ def progress_bar(total: int, initial: int = 0, desc: str = ""):
     from tqdm import tqdm
 
     return tqdm(total=total, initial=initial, desc=desc, unit="step", dynamic_ncols=True)
+
+
+def progress_iter(iterable, desc: str):
+    """`iterable` with a tqdm bar on process 0 (unchanged elsewhere)."""
+    if not is_main_process():
+        return iterable
+    from tqdm import tqdm
+
+    return tqdm(iterable, desc=desc)
+
+
+def new_figure(figsize: tuple[float, float]):
+    """A matplotlib Figure on its own Agg canvas: no pyplot state, no global backend change
+    (matplotlib is imported lazily: it is heavy and only the figure writers need it)."""
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.figure import Figure
+
+    fig = Figure(figsize=figsize)
+    FigureCanvasAgg(fig)
+    return fig

@@ -16,11 +16,11 @@ Score: the small conv net of bench/_common.py; classifier: a small noise-conditi
 import argparse
 
 import _common
+import controllable_lib as cl
 import jax
 import jax.numpy as jnp
 
 import controllable_generation as cg
-import controllable_lib as cl
 import sampling
 import sde_lib
 from models import wideresnet_noise_conditional as wrn

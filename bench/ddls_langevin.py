@@ -16,11 +16,10 @@ import importlib.util
 import time
 
 import _common
-import jax
-import numpy as np
-
 import ddls
 import gan_lib
+import jax
+import numpy as np
 
 
 def _load_config(path):

@@ -1,9 +1,10 @@
 """Small CNN classifier whose penultimate layer is the offline feature space for sample metrics.
 
 The paper scores samples with Inception features (FID/IS/KID, see `evaluation.py`). Those weights
-cannot be downloaded everywhere, so `evaluation.train_feature_extractor` trains this network on the
-labelled training images instead, and `evaluation.compute_offline_metrics` reports the Frechet and
-kernel distances of its features as `fd_<name>` / `kid_<name>`. The numbers are only comparable
+cannot be downloaded everywhere, so `experiments.extractor.train_feature_extractor` trains this
+network on the labelled training images instead (`save` / `load` keep it in a directory), and
+`evaluation.compute_offline_metrics` reports the Frechet and kernel distances of its features as
+`fd_<name>` / `kid_<name>`. The numbers are only comparable
 between runs that use the same saved extractor; they are not FIDs.
 
 Inputs are NHWC images already scaled to [-1, 1] (as the TF-GAN Inception module expects), with any
@@ -13,10 +14,19 @@ that keeps the layout information and gives ~98% MNIST test accuracy after 300 A
 on the image size, which the saved extractor records.
 """
 
+import json
 from collections.abc import Sequence
 
 import jax
+import numpy as np
+from etils import epath
 from flax import linen as nn
+from flax import serialization
+from jax import numpy as jnp
+
+# Files of a saved extractor directory.
+PARAMS_FILE = "params.msgpack"
+CONFIG_FILE = "extractor.json"
 
 
 class FeatureExtractor(nn.Module):
@@ -47,3 +57,93 @@ class FeatureExtractor(nn.Module):
         logits = nn.Dense(self.num_classes)(features)
         assert features.shape == (x.shape[0], self.feature_dim)
         return logits, features
+
+
+def scale_uint8(images) -> np.ndarray:
+    """uint8 [0, 255] -> float32 [-1, 1], the same input convention as the TF-GAN Inception."""
+    return ((np.asarray(images, np.float32) - 127.5) / 127.5).astype(np.float32)
+
+
+class OfflineExtractor:
+    """A trained `FeatureExtractor` with its parameters; computes features of uint8 images.
+
+    Attributes:
+      name: Metric suffix, e.g. 'mnist_cnn' -> `fd_mnist_cnn`, `kid_mnist_cnn`.
+      module: The Flax module.
+      params: Its parameters.
+      image_shape: (H, W, C) of the training images.
+      info: The settings stored in `extractor.json`.
+    """
+
+    def __init__(self, name: str, module, params, image_shape, info: dict | None = None):
+        self.name = name
+        self.module = module
+        self.params = params
+        self.image_shape = tuple(image_shape)
+        self.info = dict(info or {})
+        self._apply = jax.jit(module.apply)
+
+    def _outputs(self, images, batch_size: int) -> tuple[np.ndarray, np.ndarray]:
+        images = np.asarray(images)
+        if images.dtype != np.uint8 or images.shape[1:] != self.image_shape:
+            raise ValueError(
+                f"Extractor {self.name!r} takes uint8 images of shape [N, {self.image_shape}]; got "
+                f"{images.dtype} {images.shape}."
+            )
+        logits, features = [], []
+        for start in range(0, len(images), batch_size):
+            batch = scale_uint8(images[start : start + batch_size])
+            n = len(batch)
+            # Pad the last batch to a fixed size so the forward pass compiles once.
+            batch = np.pad(batch, [(0, batch_size - n)] + [(0, 0)] * 3)
+            batch_logits, batch_features = self._apply({"params": self.params}, batch)
+            logits.append(np.asarray(batch_logits)[:n])
+            features.append(np.asarray(batch_features)[:n])
+        return np.concatenate(logits), np.concatenate(features)
+
+    def features(self, images, batch_size: int = 256) -> np.ndarray:
+        """Penultimate-layer features [N, F] (float32) of uint8 images [N, H, W, C]."""
+        return self._outputs(images, batch_size)[1]
+
+    def logits(self, images, batch_size: int = 256) -> np.ndarray:
+        """Class logits [N, num_classes] of uint8 images [N, H, W, C]."""
+        return self._outputs(images, batch_size)[0]
+
+    def accuracy(self, images, labels, batch_size: int = 256) -> float:
+        """Top-1 accuracy on uint8 images and integer labels."""
+        predictions = self.logits(images, batch_size).argmax(axis=-1)
+        return float(np.mean(predictions == np.asarray(labels)))
+
+
+def save(extractor: OfflineExtractor, path: str) -> None:
+    """Writes `params.msgpack` (flax serialization) and `extractor.json` into directory `path`."""
+    directory = epath.Path(path)
+    directory.mkdir(parents=True, exist_ok=True)
+    (directory / PARAMS_FILE).write_bytes(serialization.to_bytes(extractor.params))
+    (directory / CONFIG_FILE).write_text(json.dumps(extractor.info, indent=2))
+
+
+def load(path: str) -> OfflineExtractor:
+    """Loads an extractor saved by `save` from directory `path`.
+
+    Raises:
+      FileNotFoundError: `path` holds no `extractor.json` (the message says how to make one).
+    """
+    directory = epath.Path(path)
+    if not (directory / CONFIG_FILE).exists():
+        raise FileNotFoundError(
+            f"No feature extractor at {path!r} ({CONFIG_FILE} missing); train one with "
+            "`python -m evaluation --train_extractor --config ... --workdir ...`."
+        )
+    info = json.loads((directory / CONFIG_FILE).read_text())
+    module = FeatureExtractor(
+        num_classes=info["num_classes"],
+        channels=tuple(info["channels"]),
+        feature_dim=info["feature_dim"],
+    )
+    # Restore into the structure of a fresh init, so a mismatched file fails loudly.
+    dummy = jnp.zeros((1, *info["image_shape"]), jnp.float32)
+    target = jax.eval_shape(module.init, jax.random.key(0), dummy)["params"]
+    target = jax.tree.map(lambda s: np.zeros(s.shape, s.dtype), target)
+    params = serialization.from_bytes(target, (directory / PARAMS_FILE).read_bytes())
+    return OfflineExtractor(info["name"], module, params, info["image_shape"], info)

@@ -15,6 +15,7 @@ comments).
 import os
 
 import analytic
+import controllable_lib as cl
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -23,7 +24,6 @@ import pytest
 from PIL import Image
 
 import controllable_generation as cg
-import controllable_lib as cl
 import losses
 import run_lib
 import sampling

@@ -9,13 +9,13 @@ import os
 import shutil
 
 import flax.linen as nn
+import gan_lib
 import jax
 import numpy as np
 import optax
 import pytest
 from jax import numpy as jnp
 
-import gan_lib
 import run_lib
 import utils
 from configs.testing import dcgan_tiny

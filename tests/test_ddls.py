@@ -10,14 +10,14 @@ import json
 import os
 import shutil
 
+import ddls
+import gan_lib
 import jax
 import numpy as np
 import pytest
 from jax import numpy as jnp
 
 import datasets
-import ddls
-import gan_lib
 import run_lib
 import utils
 from configs.testing import dcgan_tiny

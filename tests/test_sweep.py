@@ -14,6 +14,7 @@ import jax.numpy as jnp
 import ml_collections
 import numpy as np
 import pytest
+import sweep_report
 from flax import linen as nn
 from PIL import Image
 
@@ -21,7 +22,6 @@ import evaluation
 import losses
 import run_lib
 import sweep
-import sweep_report
 from configs.testing import ddpm_tiny, ddpmpp_tiny
 from models import utils as mutils
 

@@ -1,6 +1,7 @@
 """GAN training for DDLS: a DCGAN with the non-saturating loss (`--mode train`, model.name='dcgan').
 
-Reached through `run_lib.train`, whose conventions it shares: Orbax checkpoints under
+`main.py --mode train` sends DCGAN configs here. It shares the score models' runtime
+(`training/`): Orbax checkpoints under
 `workdir/checkpoints` (resume from the last good one; SIGTERM / SIGINT save and exit), a clear
 error on a non-finite loss (the last good checkpoint is never overwritten), `metrics.jsonl` with
 `d_loss`, `g_loss`, `steps_per_sec`, sample grids of a fixed latent batch in
@@ -19,20 +20,19 @@ References:
 from __future__ import annotations
 
 import os
-import time
 from typing import Any
 
 import flax
 import jax
-import numpy as np
 import optax
 from absl import logging
 from jax import numpy as jnp
-from jax.sharding import NamedSharding
-from jax.sharding import PartitionSpec as P
 
-import run_lib
+import datasets
 import utils
+from models import dcgan
+from training import checkpoints, devices, loop
+from training.state import all_finite
 
 # Number of images in the fixed-latent sample grid written at each snapshot.
 GRID_SIZE = 64
@@ -62,7 +62,7 @@ def generator_loss(fake_logits: jax.Array) -> jax.Array:
     return jnp.mean(jax.nn.softplus(-fake_logits))
 
 
-def get_optimizer(config) -> optax.GradientTransformation:
+def gan_optimizer(config) -> optax.GradientTransformation:
     """Adam(optim.lr, b1=optim.beta1), the DCGAN setting (lr 2e-4, beta1 0.5)."""
     return optax.adam(config.optim.lr, b1=config.optim.beta1)
 
@@ -162,10 +162,8 @@ def generate(generator, state: GANState, z: jax.Array) -> jax.Array:
 
 def build(config):
     """`(generator, discriminator, tx, abstract_state)` for `config` (model.name='dcgan')."""
-    from models import dcgan
-
     generator, discriminator = dcgan.get_gan(config)
-    tx = get_optimizer(config)
+    tx = gan_optimizer(config)
     shape = (config.data.image_size, config.data.image_size, config.data.num_channels)
     abstract = jax.eval_shape(
         lambda: init_state(
@@ -182,8 +180,8 @@ def restore_gan(config, workdir: str) -> GANState:
       FileNotFoundError: no checkpoint under `workdir/checkpoints` restores.
     """
     _, _, _, abstract = build(config)
-    manager = run_lib.checkpoint_manager(workdir, config)
-    state, step = run_lib.restore_latest_good(manager, abstract)
+    manager = checkpoints.checkpoint_manager(workdir, config.training.snapshot_freq)
+    state, step = checkpoints.restore_latest_good(manager, abstract)
     manager.close()
     if state is None:
         raise FileNotFoundError(
@@ -194,49 +192,44 @@ def restore_gan(config, workdir: str) -> GANState:
     return state
 
 
-def _check_finite(metrics: dict, first_step: int) -> None:
-    for name in ("d_loss", "g_loss"):
-        values = np.asarray(metrics[name]).reshape(-1)
-        bad = np.flatnonzero(~np.isfinite(values))
-        if bad.size:
-            raise FloatingPointError(
-                f"Non-finite {name} {values[bad[0]]} at step {first_step + int(bad[0]) + 1}; "
-                "the last good checkpoint is kept. Lower optim.lr or check the data scaling "
-                "(data.centered=True), then resume."
-            )
-
-
-def _flush(pending: list) -> dict:
-    """Fetches the pending step metrics, raising on the first non-finite loss."""
-    last = {}
-    while pending:
-        first, metrics = pending.pop(0)
-        last = {k: float(v) for k, v in jax.device_get(metrics).items()}
-        _check_finite(last, first)
-    return last
-
-
 def _save_grid(generator, state, z_fixed, inverse_scaler, workdir: str, step: int) -> None:
-    images = np.asarray(inverse_scaler(generate(generator, state, z_fixed)))
+    images = devices.gather(inverse_scaler(generate(generator, state, z_fixed)))
     utils.save_sample_grid(images, os.path.join(workdir, "samples", f"iter_{step}"))
+
+
+def _finite_step(gan_step):
+    """`gan_step` with a `finite` metric: both losses and every new parameter are finite."""
+
+    def step(state, x_real, base_key):
+        new, metrics = gan_step(state, x_real, base_key)
+        finite = all_finite((metrics["d_loss"], metrics["g_loss"], new.g_params, new.d_params))
+        return new, {**metrics, "finite": finite}
+
+    return step
 
 
 def train(config, workdir: str) -> GANState:
     """Trains the GAN of `config` in `workdir`, resuming from the last good checkpoint."""
-    import datasets
-
-    run_lib.check_batch_size(config.training.batch_size)
+    t = config.training
+    schedule = loop.Schedule(
+        n_iters=t.n_iters,
+        log_freq=t.log_freq,
+        snapshot_freq=t.snapshot_freq,
+        preemption_freq=t.snapshot_freq_for_preemption,
+    )
+    schedule.check()
+    devices.check_batch_size(t.batch_size, "training.batch_size")
     utils.quiet_library_logs()
     workdir = os.path.abspath(workdir)
     os.makedirs(workdir, exist_ok=True)
     utils.write_config(config, workdir)
     generator, discriminator, tx, abstract = build(config)
     base_key = jax.random.key(config.seed)
-    mesh = run_lib.make_mesh()
-    state_sharding, batch_sharding = NamedSharding(mesh, P()), NamedSharding(mesh, P("data"))
+    mesh = devices.make_mesh()
+    state_sharding, batch_sharding = devices.replicated(mesh), devices.batch_sharding(mesh)
 
-    manager = run_lib.checkpoint_manager(workdir, config)
-    state, restored = run_lib.restore_latest_good(manager, abstract)
+    manager = checkpoints.checkpoint_manager(workdir, t.snapshot_freq)
+    state, restored = checkpoints.restore_latest_good(manager, abstract)
     if state is None:
         shape = (config.data.image_size,) * 2 + (config.data.num_channels,)
         init_key = jax.random.fold_in(base_key, -1 % 2**31)
@@ -254,9 +247,9 @@ def train(config, workdir: str) -> GANState:
         config, uniform_dequantization=config.data.uniform_dequantization, start_step=initial_step
     )
     scaler = datasets.get_data_scaler(config)
-    batches = (run_lib.to_global(scaler(b["image"]), batch_sharding) for b in train_ds)
+    batches = (devices.to_global(scaler(b["image"]), batch_sharding) for b in train_ds)
     gan_step = jax.jit(
-        make_gan_step(generator, discriminator, tx, config.model.z_dim),
+        _finite_step(make_gan_step(generator, discriminator, tx, config.model.z_dim)),
         in_shardings=(state_sharding, batch_sharding, None),
         out_shardings=(state_sharding, None),
         donate_argnums=0,
@@ -270,44 +263,18 @@ def train(config, workdir: str) -> GANState:
         _save_grid(generator, state, z_fixed, inverse_scaler, workdir, step)
 
     writer = utils.MetricWriter(workdir)
-    state = _loop(
-        config, state, lambda s, x: gan_step(s, x, base_key), batches, manager, writer, save_grid
+    state = loop.run(
+        state,
+        lambda s, x: gan_step(s, x, base_key),
+        batches,
+        schedule,
+        first_step=initial_step,
+        manager=manager,
+        writer=writer,
+        on_snapshot=save_grid,
+        nonfinite_hint="Lower optim.lr or check the data scaling (data.centered=True), then resume.",
+        desc="gan",
     )
     manager.close()
     writer.close()
-    return state
-
-
-def _loop(config, state, step_fn, batches, manager, writer, save_grid) -> GANState:
-    """The host loop: steps, logging, checkpoints (never after a non-finite loss), grids."""
-    t = config.training
-    pending, step = [], int(state.step)
-    t_last, step_last = time.perf_counter(), step
-    bar = utils.progress_bar(t.n_iters, step, "gan")
-    logging.info("Initial compilation, this may take a minute...")
-    with run_lib._StopSignal() as stop:
-        while step < t.n_iters:
-            state, metrics = step_fn(state, next(batches))
-            pending.append((step, metrics))
-            step += 1
-            bar.update(1)
-            if step % t.log_freq == 0 or step >= t.n_iters:
-                last = _flush(pending)
-                now = time.perf_counter()
-                rate = (step - step_last) / max(now - t_last, 1e-9)
-                t_last, step_last = now, step
-                bar.set_postfix(d_loss=f"{last['d_loss']:.3f}", g_loss=f"{last['g_loss']:.3f}")
-                writer.write(step, **last, steps_per_sec=rate)
-            snapshot = step % t.snapshot_freq == 0 or step >= t.n_iters
-            if snapshot or step % t.snapshot_freq_for_preemption == 0 or stop.received:
-                _flush(pending)  # never save a state that produced a non-finite loss
-                run_lib.save_checkpoint(manager, state)
-                if snapshot:
-                    save_grid(state, step)
-            if stop.received:
-                logging.warning("Received %s: checkpoint saved at step %d, exiting.",
-                                stop.received, step)  # fmt: skip
-                break
-    _flush(pending)
-    bar.close()
     return state

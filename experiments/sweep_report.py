@@ -11,7 +11,8 @@ import json
 import math
 import os
 
-from sweep import ROW_TITLES, Cell, SweepSpec, _write_atomic, parse_column
+import utils
+from experiments.sweep_grid import ROW_TITLES, Cell, SweepSpec, parse_column
 
 CSV_FIELDS = (
     "cell_id", "run", "sde", "group", "sampler", "method", "predictor", "corrector", "column",
@@ -54,8 +55,12 @@ def write_outputs(out_dir: str, spec: SweepSpec, cells: list[Cell]) -> None:
     write_csv(records, os.path.join(out_dir, "results.csv"))
     by_cell = {r["cell_id"]: r for r in records}
     runs = list(dict.fromkeys(c.run for c in cells))
-    _write_atomic(os.path.join(out_dir, "table1.md"), table1_markdown(spec, runs, by_cell, metric))
-    _write_atomic(os.path.join(out_dir, "nfe_table.md"), nfe_markdown(spec, cells, by_cell, metric))
+    utils.write_atomic(
+        os.path.join(out_dir, "table1.md"), table1_markdown(spec, runs, by_cell, metric)
+    )
+    utils.write_atomic(
+        os.path.join(out_dir, "nfe_table.md"), nfe_markdown(spec, cells, by_cell, metric)
+    )
     plot_quality_vs_nfe(records, metric, os.path.join(out_dir, "quality_vs_nfe.png"))
 
 
@@ -120,11 +125,7 @@ def nfe_markdown(spec: SweepSpec, cells: list[Cell], by_cell: dict, metric: str 
 
 def plot_quality_vs_nfe(records: list[dict], metric: str | None, path: str) -> None:
     """Primary metric vs real NFE: one line per (run, extra sampler), Table 1 cells as points."""
-    from matplotlib.backends.backend_agg import FigureCanvasAgg
-    from matplotlib.figure import Figure
-
-    fig = Figure(figsize=(7, 4.5))  # Agg canvas, no pyplot state
-    FigureCanvasAgg(fig)
+    fig = utils.new_figure((7, 4.5))
     ax = fig.add_subplot()
     lines: dict[tuple[str, str], list] = {}
     for r in records:
