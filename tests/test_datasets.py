@@ -298,14 +298,22 @@ def test_mnist_resized_to_32_keeps_one_channel(tmp_path):
     assert item["image"][0, 16, 16, 0] > 0.99 and item["image"][0, 1, 1, 0] < 0.01
 
 
-def test_celeba_and_lsun_resize_ops():
+def test_celeba_and_lsun_resize_ops(tmp_path):
+    def first_batch(name, x, image_size):
+        """The resize op as get_dataset applies it to an in-memory split (one batch, no flips)."""
+        path = tmp_path / f"{name}{image_size}.npz"
+        np.savez(path, images=x)
+        config = make_config(dataset=name, path=str(path), image_size=image_size)
+        config.eval.batch_size = len(x)
+        return next(iter(datasets.get_dataset(config, evaluation=True)[1]))["image"]
+
     x = np.full((2, 218, 178, 3), 200, np.uint8)  # CelebA's stored size
-    celeba = datasets._numpy_preprocess("CELEBA", 64)(x)
+    celeba = first_batch("CELEBA", x, 64)
     assert celeba.shape == (2, 64, 64, 3)
     np.testing.assert_allclose(celeba, 200 / 255, rtol=1e-6)
     x = np.random.default_rng(0).integers(0, 256, (1, 300, 400, 3), dtype=np.uint8)
-    assert datasets._numpy_preprocess("LSUN", 128)(x).shape == (1, 128, 128, 3)
-    lsun = datasets._numpy_preprocess("LSUN", 64)(x)
+    assert first_batch("LSUN", x, 128).shape == (1, 128, 128, 3)
+    lsun = first_batch("LSUN", x, 64)
     assert lsun.shape == (1, 64, 64, 3) and lsun.min() >= 0 and lsun.max() <= 1
     # crop_resize clamps the bicubic overshoot instead of wrapping it around.
     step = np.zeros((1, 40, 40, 1), np.uint8)
