@@ -21,9 +21,10 @@ Mirrors `datasets.py` of yang-song/score_sde: the same datasets, splits and prep
   (file order, shuffle buffer, stateless flips and noise keyed by the example counter,
   `options.deterministic = True`) and `start_step` is a `skip` before decoding; this is exact as
   long as tf.data itself is deterministic (same TF version and input files).
-* **One clear error for missing data**: `DatasetNotFoundError` says what was looked for, where,
-  and how to get it. Nothing is downloaded unless the environment variable
-  `SCORE_SDE_TFDS_DOWNLOAD=1` allows `tfds` to `download_and_prepare`.
+* **One clear error for missing or bad data**: `DatasetNotFoundError` says what was looked
+  for, where, and how to get it; a truncated, corrupt or unusable offline file raises one
+  `ValueError` naming the file and the fix. Nothing is downloaded unless the environment
+  variable `SCORE_SDE_TFDS_DOWNLOAD=1` allows `tfds` to `download_and_prepare`.
 
 Items are dicts of NumPy arrays: `image` float32 in [0, 1] (uniformly dequantised if asked),
 shape `[*batch_dims, H, W, C]`, and `label` int32 `[*batch_dims]` (0 for unlabelled datasets).

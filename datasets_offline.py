@@ -8,20 +8,25 @@ datasets of CIFAR / MNIST / SVHN size. `ArrayDataset` then iterates one split in
 a pure function of (seed, split, epoch), so a resumed run sees exactly the batches of an
 uninterrupted one.
 
-A missing file raises `DatasetNotFoundError`. This module needs no TensorFlow: `datasets.py`
-passes in the resize op and builds the tf.data sources on top; nothing here imports `datasets`.
+A file that is there but unusable (truncated, corrupt, the wrong format, images that would decode
+to black) raises one `ValueError` that names the file and the fix; a missing one raises
+`DatasetNotFoundError`. This module needs no TensorFlow: `datasets.py` passes in the resize op
+and builds the tf.data sources on top; nothing here imports `datasets`.
 """
 
 import dataclasses
 import functools
 import gzip
 import io
+import math
 import os
 import pathlib
 import pickle
 import re
 import tarfile
 import types
+import zipfile
+import zlib
 
 import numpy as np
 from absl import logging
@@ -32,6 +37,12 @@ OFFLINE_HINT = (
     "--config.data.path=<file or folder> (see datasets.py)."
 )
 _IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".bmp", ".gif", ".webp")
+# The fix for a damaged idx file; Debian's package is where the shared Fashion-MNIST comes from.
+_IDX_FIX = (
+    "Re-download it (Debian: `apt-get install --reinstall dataset-fashion-mnist` restores "
+    "/usr/share/datasets/fashion-mnist)."
+)
+_NPZ_EXPECTED = "expected uint8 (or integers in 0..255), or floats in [0, 1] or [0, 255]"
 
 
 class DatasetNotFoundError(FileNotFoundError):
@@ -53,8 +64,34 @@ def _parse_idx(data: bytes, source: str) -> np.ndarray:
     if len(data) < 4 or data[:3] != b"\x00\x00\x08":
         raise ValueError(f"{source} is not a uint8 idx file (bad magic {data[:4]!r}).")
     ndim = data[3]
+    header = 4 + 4 * ndim
+    if len(data) < header:
+        raise ValueError(
+            f"{source} is truncated: {len(data)} bytes, shorter than its {header}-byte header. "
+            f"{_IDX_FIX}"
+        )
     shape = tuple(int(s) for s in np.frombuffer(data, ">u4", count=ndim, offset=4))
-    return np.frombuffer(data, np.uint8, offset=4 + 4 * ndim).reshape(shape)
+    # Checked here because a short file would otherwise fail in reshape without the file name.
+    if len(data) != header + math.prod(shape):
+        raise ValueError(
+            f"{source} is truncated or corrupt: its header (shape {shape}) needs "
+            f"{header + math.prod(shape)} bytes, the file has {len(data)}. {_IDX_FIX}"
+        )
+    return np.frombuffer(data, np.uint8, offset=header).reshape(shape)
+
+
+def _read_idx(file: pathlib.Path) -> np.ndarray:
+    """Reads one idx file, gzip-compressed when its name ends in .gz."""
+    if file.suffix != ".gz":
+        return _parse_idx(file.read_bytes(), str(file))
+    try:
+        with gzip.open(file, "rb") as f:
+            data = f.read()
+    except (EOFError, gzip.BadGzipFile, zlib.error) as error:
+        # gzip's own messages ("Compressed file ended before the end-of-stream marker was
+        # reached") do not say which file.
+        raise ValueError(f"{file} is truncated or corrupt ({error}). {_IDX_FIX}") from error
+    return _parse_idx(data, str(file))
 
 
 def _load_idx(path: pathlib.Path, num_channels: int) -> dict:
@@ -73,9 +110,7 @@ def _load_idx(path: pathlib.Path, num_channels: int) -> dict:
                     "Put the four MNIST / Fashion-MNIST idx files there (Debian: `apt-get install "
                     "dataset-fashion-mnist` gives /usr/share/datasets/fashion-mnist).",
                 )
-            opener = gzip.open if found[0].suffix == ".gz" else open
-            with opener(found[0], "rb") as f:
-                arrays.append(_parse_idx(f.read(), str(found[0])))
+            arrays.append(_read_idx(found[0]))
         images, labels = arrays
         splits[split] = (images[..., None], labels.astype(np.int32))
     return splits
@@ -210,13 +245,62 @@ def _load_image_folder(path: pathlib.Path, num_channels: int) -> dict:
     return splits
 
 
+def _npz_images(x, key: str, path: pathlib.Path) -> np.ndarray:
+    """One npz image array as uint8 NHWC, refusing values that uint8 cannot hold as pixels.
+
+    A plain cast would turn floats in [0, 1] into black images (all 0) and wrap other ranges
+    around, and training would run on them without a word; so floats are rescaled when their
+    range is clear and everything else is refused.
+    """
+    x = np.asarray(x)
+    where = f"{key} in {path}"
+    if x.ndim not in (3, 4):
+        raise ValueError(
+            f"{where} has shape {x.shape}; expected images [N, H, W] (grayscale) or [N, H, W, C]."
+        )
+    if x.dtype != np.uint8 and x.size:
+        if not (np.issubdtype(x.dtype, np.integer) or np.issubdtype(x.dtype, np.floating)):
+            raise ValueError(f"{where} has dtype {x.dtype}; {_NPZ_EXPECTED}.")
+        if np.issubdtype(x.dtype, np.floating) and not np.isfinite(x).all():
+            raise ValueError(f"{where} has NaN or infinite values; {_NPZ_EXPECTED}.")
+        lo, hi = x.min().item(), x.max().item()
+        if lo < 0 or hi > 255:
+            # [-1, 1] is the usual culprit: data saved after the model's scaler.
+            fix = " (for data in [-1, 1], save (x + 1) / 2)" if lo >= -1 and hi <= 1 else ""
+            raise ValueError(f"{where} has {x.dtype} values in [{lo}, {hi}]; {_NPZ_EXPECTED}{fix}.")
+        if np.issubdtype(x.dtype, np.floating):
+            # Rule: max <= 1 means [0, 1], else [0, 255]. Logged, since it is a guess (images
+            # in [0, 255] that are all at most 1 would be read as [0, 1]).
+            scale, read_as = (255.0, "[0, 1], scaled by 255") if hi <= 1.0 else (1.0, "[0, 255]")
+            logging.info(
+                "%s has %s values in [%g, %g]: read as %s and rounded to uint8.",
+                where,
+                x.dtype,
+                lo,
+                hi,
+                read_as,
+            )
+            x = np.round(x * x.dtype.type(scale))
+    x = np.asarray(x, np.uint8)
+    return x[..., None] if x.ndim == 3 else x  # NHW (grayscale) -> NHWC
+
+
 def _load_npz(path: pathlib.Path, num_channels: int) -> dict:
     """An .npz with x_train/y_train/x_test/y_test, or one split as images/labels or x/y."""
     del num_channels
     if not path.is_file():
         raise not_found(".npz file", path, "Expected x_train/y_train/x_test/y_test arrays.")
-    with np.load(path, allow_pickle=False) as f:
-        arrays = dict(f)
+    # np.load reads any other file as a pickle or .npy, whose errors never mention npz.
+    if not zipfile.is_zipfile(path):
+        raise ValueError(
+            f"{path} is not an .npz archive (np.savez), or it is truncated; write one with "
+            "np.savez(path, x_train=..., y_train=..., x_test=..., y_test=...)."
+        )
+    try:
+        with np.load(path, allow_pickle=False) as f:
+            arrays = dict(f)
+    except (ValueError, OSError, EOFError, zipfile.BadZipFile, zlib.error) as error:
+        raise ValueError(f"{path} is not a readable .npz archive (np.savez): {error}") from error
 
     def labels_for(split, n):
         # y_<split>, else y_<split>_full[<split>_index] (e.g. the exact CIFAR-10 subset), else
@@ -229,20 +313,19 @@ def _load_npz(path: pathlib.Path, num_channels: int) -> dict:
         logging.warning("No labels for split %r in %s; using 0.", split, path)
         return np.zeros(n, np.int32)
 
-    def entry(x, y):
-        x = np.asarray(x, np.uint8)
-        x = x[..., None] if x.ndim == 3 else x  # NHW (grayscale) -> NHWC
+    def entry(x_key, y):
+        x = _npz_images(arrays[x_key], x_key, path)
         return x, np.asarray(y, np.int32).reshape(-1)
 
     if "x_train" in arrays:
-        splits = {"train": entry(arrays["x_train"], labels_for("train", len(arrays["x_train"])))}
+        splits = {"train": entry("x_train", labels_for("train", len(arrays["x_train"])))}
         if "x_test" in arrays:
-            splits["test"] = entry(arrays["x_test"], labels_for("test", len(arrays["x_test"])))
+            splits["test"] = entry("x_test", labels_for("test", len(arrays["x_test"])))
         return splits
     for x_key, y_key in (("images", "labels"), ("x", "y")):
         if x_key in arrays:
             y = arrays.get(y_key, np.zeros(len(arrays[x_key]), np.int32))
-            both = entry(arrays[x_key], y)
+            both = entry(x_key, y)
             return {"train": both, "test": both}  # one split serves as train and eval
     raise ValueError(f"{path} has keys {sorted(arrays)}; expected x_train (+ x_test), images or x.")
 
@@ -266,7 +349,9 @@ def _load_cached(source: str, path: pathlib.Path, resolved: str, mtime_ns: int, 
     """
     del resolved, mtime_ns
     splits = LOADERS[source](path, channels)
-    for x, y in splits.values():
+    for split, (x, y) in splits.items():
+        if len(x) != len(y):
+            raise ValueError(f"{path} ({split}) has {len(x)} images but {len(y)} labels.")
         # Shared by every caller through the cache, so nobody may write to them.
         x.flags.writeable = y.flags.writeable = False
     return types.MappingProxyType(splits)

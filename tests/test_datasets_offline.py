@@ -3,10 +3,13 @@
 They go through datasets.get_dataset, the way training reads the data.
 """
 
+import ast
 import gzip
+import logging
 import os
 import pathlib
 import pickle
+import re
 import tarfile
 
 import numpy as np
@@ -18,10 +21,12 @@ from dataset_helpers import (
     make_config,
     to_uint8,
     unique_images,
+    write_npz,
 )
 from PIL import Image
 
 import datasets
+import datasets_offline
 
 FASHION_MNIST_DIR = pathlib.Path("/usr/share/datasets/fashion-mnist")
 
@@ -227,6 +232,170 @@ def test_missing_image_folder_and_empty_path_raise(tmp_path):
     config = make_config(source="image_folder", path="")
     with pytest.raises(datasets.DatasetNotFoundError, match="data.path is empty"):
         datasets.get_dataset(config)
+
+
+# --- bad files: one clear error that names the file and the fix --------------------------------
+
+
+def write_mnist_idx(folder, compress):
+    """The four idx files (10 train / 6 test 28x28 images); returns the train images' file."""
+    write_idx(folder / "train-images-idx3-ubyte", unique_images(10, 28, 28, 1)[..., 0], compress)
+    write_idx(folder / "train-labels-idx1-ubyte", np.arange(10), compress)
+    write_idx(folder / "t10k-images-idx3-ubyte", unique_images(6, 28, 28, 1, 1)[..., 0], compress)
+    write_idx(folder / "t10k-labels-idx1-ubyte", np.arange(6), compress)
+    return folder / ("train-images-idx3-ubyte" + (".gz" if compress else ""))
+
+
+def idx_config(folder):
+    return make_config(
+        dataset="MNIST", source="idx", path=str(folder), image_size=28, num_channels=1
+    )
+
+
+def test_truncated_gz_idx_names_the_file(tmp_path):
+    file = write_mnist_idx(tmp_path, compress=True)
+    file.write_bytes(file.read_bytes()[: file.stat().st_size // 2])  # an interrupted download
+    with pytest.raises(ValueError, match=re.escape(str(file))) as error:
+        datasets.get_dataset(idx_config(tmp_path))
+    assert "truncated or corrupt" in str(error.value)
+    assert "apt-get install --reinstall dataset-fashion-mnist" in str(error.value)
+
+
+@pytest.mark.parametrize("keep", [6, 16 + 3 * 28 * 28], ids=["in-header", "in-pixels"])
+def test_truncated_raw_idx_names_the_file_and_sizes(tmp_path, keep):
+    file = write_mnist_idx(tmp_path, compress=False)
+    file.write_bytes(file.read_bytes()[:keep])
+    with pytest.raises(ValueError, match=re.escape(str(file))) as error:
+        datasets.get_dataset(idx_config(tmp_path))
+    message = str(error.value)
+    assert "truncated" in message and "Re-download" in message
+    if keep > 16:  # the header is whole: expected vs actual size
+        assert f"needs {16 + 10 * 28 * 28} bytes, the file has {keep}" in message
+    else:
+        assert f"{keep} bytes, shorter than its 16-byte header" in message
+
+
+@pytest.mark.parametrize("content", ["text", "npy", "truncated", "corrupt"])
+def test_non_npz_file_is_refused_by_name(tmp_path, cifar_npz, content):
+    path = tmp_path / "data.npz"
+    valid = pathlib.Path(cifar_npz[0]).read_bytes()
+    if content == "text":
+        path.write_text("x_train,y_train\n1,2\n")
+    elif content == "npy":
+        np.save(tmp_path / "data.npy", unique_images(4))
+        (tmp_path / "data.npy").rename(path)
+    elif content == "truncated":
+        path.write_bytes(valid[: len(valid) // 2])
+    else:  # one pixel byte flipped: the zip's CRC check fails on reading x_train
+        corrupt = bytearray(valid)
+        corrupt[1000] ^= 0xFF
+        path.write_bytes(bytes(corrupt))
+    with pytest.raises(ValueError, match=re.escape(str(path))) as error:
+        datasets.get_dataset(make_config(source="npz", path=str(path), image_size=32))
+    assert ".npz archive (np.savez)" in str(error.value)
+
+
+@pytest.mark.parametrize(
+    "convert, read_as",
+    [
+        (lambda x: x.astype(np.float32) / 255, "[0, 1], scaled by 255"),
+        (lambda x: x / 255.0, "[0, 1], scaled by 255"),  # float64
+        (lambda x: x.astype(np.float32), "[0, 255]"),
+        (lambda x: np.minimum(x + 0.4, 255.0), "[0, 255]"),  # rounded to the nearest level
+        (lambda x: x.astype(np.int64), None),
+    ],
+    ids=["float32-unit", "float64-unit", "float32-255", "float64-255-unrounded", "int64"],
+)
+def test_npz_float_images_give_the_uint8_batches_not_black(
+    tmp_path, cifar_npz, caplog, convert, read_as
+):
+    path, x_train, y_train, x_test, y_test = cifar_npz
+    converted = write_npz(tmp_path / "f.npz", convert(x_train), y_train, convert(x_test), y_test)
+    caplog.set_level(logging.INFO)
+    batches = []
+    for file in (path, converted):
+        config = make_config(path=file, image_size=32, random_flip=True)
+        config.training.batch_size = 8
+        train_ds, eval_ds, _ = datasets.get_dataset(config, uniform_dequantization=True)
+        batches.append(collect(train_ds, max_items=3)[0])
+    np.testing.assert_array_equal(eval_ds.images, x_test)
+    # A cast to uint8 would make [0, 1] floats all 0: training on black images.
+    np.testing.assert_array_equal(batches[1], batches[0])
+    assert batches[1].max() > 0.9
+    if read_as:  # the range rule's guess is logged with the file
+        assert f"x_train in {converted} has" in caplog.text and f"read as {read_as}" in caplog.text
+
+
+def bad_images(dtype, lo, hi):
+    x = np.zeros((4, 8, 8, 3), dtype)
+    x[0, 0, 0, 0], x[1, 0, 0, 0] = lo, hi
+    return x
+
+
+@pytest.mark.parametrize(
+    "x_train, expected",
+    [
+        (bad_images(np.float32, -1.0, 1.0), "float32 values in [-1.0, 1.0]; expected uint8"),
+        (bad_images(np.float32, 0.0, 300.0), "float32 values in [0.0, 300.0]; expected uint8"),
+        (bad_images(np.float32, 0.0, np.nan), "NaN"),
+        (bad_images(np.int16, 0, 300), "int16 values in [0, 300]; expected uint8"),
+        (bad_images(np.int64, -3, 5), "int64 values in [-3, 5]; expected uint8"),
+        (bad_images(bool, 0, 1), "dtype bool; expected uint8"),
+        (np.zeros((4, 192), np.uint8), "shape (4, 192); expected images"),
+    ],
+    ids=[
+        "float-minus-one",
+        "float-over-255",
+        "nan",
+        "int16-over-255",
+        "negative-int",
+        "bool",
+        "2d",
+    ],
+)
+def test_npz_bad_image_values_are_refused_by_name(tmp_path, x_train, expected):
+    path = write_npz(
+        tmp_path / "data.npz", x_train, np.zeros(4), unique_images(4, 8, 8), np.zeros(4)
+    )
+    config = make_config(path=path, image_size=8)
+    with pytest.raises(ValueError) as error:
+        datasets.get_dataset(config)
+    assert f"x_train in {path} has " in str(error.value)
+    assert expected in str(error.value)
+    if "[-1.0, 1.0]" in expected:
+        assert "(x + 1) / 2" in str(error.value)
+
+
+def test_npz_label_count_mismatch_is_refused(tmp_path):
+    path = write_npz(tmp_path / "m.npz", unique_images(4), np.arange(3), unique_images(2), [0, 1])
+    with pytest.raises(ValueError, match=re.escape(f"{path} (train) has 4 images but 3 labels")):
+        datasets.get_dataset(make_config(path=path))
+
+
+# --- loading: read once, read-only, one-way dependency --------------------------------------
+
+
+def test_load_offline_reuses_the_last_load_until_the_file_changes(cifar_npz):
+    path = cifar_npz[0]
+    first = datasets_offline.load_offline("npz", path, 3)
+    # get_dataset is called for train, eval and reference images: one read serves them all.
+    assert datasets_offline.load_offline("npz", path, 3) is first
+    x, y = first["train"]
+    assert not x.flags.writeable and not y.flags.writeable  # shared, so nobody may write
+    with pytest.raises(TypeError):
+        first["train"] = (x, y)
+    stat = os.stat(path)
+    os.utime(path, ns=(stat.st_atime_ns, stat.st_mtime_ns + 10**9))
+    again = datasets_offline.load_offline("npz", path, 3)
+    assert again is not first  # a changed file is read again
+    np.testing.assert_array_equal(again["train"][0], x)
+
+
+def test_offline_module_does_not_import_datasets_or_tensorflow():
+    tree = ast.parse(pathlib.Path(datasets_offline.__file__).read_text())
+    imported = {a.name for n in ast.walk(tree) if isinstance(n, ast.Import) for a in n.names}
+    imported |= {n.module for n in ast.walk(tree) if isinstance(n, ast.ImportFrom) and n.module}
+    assert not {m.split(".")[0] for m in imported} & {"datasets", "tensorflow"}
 
 
 # --- the offline data in ../shared (skipped when absent) ----------------------------------------
