@@ -43,6 +43,7 @@ import jax
 import numpy as np
 
 import datasets_offline
+import utils
 
 # Set to "1" to let get_dataset download and prepare a missing tfds dataset.
 TFDS_DOWNLOAD_ENV = "SCORE_SDE_TFDS_DOWNLOAD"
@@ -132,14 +133,8 @@ def canonical_dataset_name(name: str) -> str:
 
 
 def _tf():
-    """Imports TensorFlow and hides the GPUs from it, so that it never takes JAX's memory."""
-    import tensorflow as tf
-
-    try:
-        tf.config.set_visible_devices([], "GPU")
-    except RuntimeError:  # TF was initialised already (e.g. by the caller); keep its setting.
-        pass
-    return tf
+    """TensorFlow, imported lazily with its GPUs hidden (`utils.hide_gpus_from_tf`)."""
+    return utils.hide_gpus_from_tf()
 
 
 def crop_resize(image, resolution):
