@@ -77,7 +77,7 @@ def _stand_in_packages(names_and_paths):
 
 
 @functools.cache
-def _tfgan_eval() -> types.ModuleType:
+def tfgan_eval() -> types.ModuleType:
     """Returns TF-GAN's `eval` package (FID / IS / KID and `run_classifier_fn`).
 
     `import tensorflow_gan` fails on TF >= 2.16 because its `__init__` imports the estimator code,
@@ -164,7 +164,7 @@ def _run_inception(inputs, inception_model, num_batches, inceptionv3):
         # The TF-GAN module expects [-1, 1]; the original never resizes (the module does).
         images = (tf.cast(inputs, tf.float32) - 127.5) / 127.5
         dtypes = {INCEPTION_FINAL_POOL: tf.float32, INCEPTION_OUTPUT: tf.float32}
-    return _tfgan_eval().run_classifier_fn(
+    return tfgan_eval().run_classifier_fn(
         images,
         num_batches=num_batches,
         classifier_fn=_get_classifier_fn(inception_model, inceptionv3),
@@ -314,7 +314,7 @@ def compute_fid(data_pools, sample_pools) -> float:
     TF-GAN computes it in float64 from the means and unbiased covariances, taking
     tr sqrt(S1 S2) as tr sqrt(sqrt(S1) S2 sqrt(S1)) with SVD square roots.
     """
-    fid = _tfgan_eval().frechet_classifier_distance_from_activations(
+    fid = tfgan_eval().frechet_classifier_distance_from_activations(
         tf.convert_to_tensor(data_pools, tf.float64), tf.convert_to_tensor(sample_pools, tf.float64)
     )
     return float(fid)
@@ -322,7 +322,7 @@ def compute_fid(data_pools, sample_pools) -> float:
 
 def compute_inception_score(logits) -> float:
     """Inception score exp(E_x KL(p(y|x) || p(y))) of logits [N, C] as one split (TF-GAN)."""
-    score = _tfgan_eval().classifier_score_from_logits(tf.convert_to_tensor(logits, tf.float64))
+    score = tfgan_eval().classifier_score_from_logits(tf.convert_to_tensor(logits, tf.float64))
     return float(score)
 
 
@@ -333,7 +333,7 @@ def compute_kid(data_pools, sample_pools) -> float:
     1024 rows of each set (see `kernel_distance`). The original feeds float32 activations and
     TF-GAN then computes in float32; we compute in float64, which changes only rounding.
     """
-    kid = _tfgan_eval().kernel_classifier_distance_from_activations(
+    kid = tfgan_eval().kernel_classifier_distance_from_activations(
         tf.convert_to_tensor(data_pools, tf.float64), tf.convert_to_tensor(sample_pools, tf.float64)
     )
     return float(kid)

@@ -16,13 +16,13 @@ Score: the small conv net of bench/_common.py; classifier: a small noise-conditi
 import argparse
 
 import _common
-import controllable_lib as cl
 import jax
 import jax.numpy as jnp
 
 import controllable_generation as cg
 import sampling
 import sde_lib
+from experiments import controllable as cl
 from models import wideresnet_noise_conditional as wrn
 
 

@@ -16,10 +16,12 @@ import importlib.util
 import time
 
 import _common
-import ddls
-import gan_lib
 import jax
 import numpy as np
+
+from experiments import ddls as ddls_experiment
+from experiments import gan as gan_lib
+from samplers import ddls
 
 
 def _load_config(path):
@@ -43,7 +45,7 @@ def main():
     state = jax.jit(
         lambda k: gan_lib.init_state(generator, discriminator, tx, k, shape, config.model.z_dim)
     )(jax.random.key(0))
-    logit_fn = ddls.get_logit_fn(generator, discriminator, state)
+    logit_fn = ddls_experiment.get_logit_fn(generator, discriminator, state)
     z = jax.random.normal(jax.random.key(1), (args.batch, config.model.z_dim))
 
     grad_fn = jax.jit(ddls.get_energy_grad_fn(logit_fn))

@@ -1,6 +1,6 @@
 """Sample quality vs NFE of every sampler on the demo model, through the sweep tool.
 
-Runs `sweep.run_sweep` on a trained demo workdir (`make demo`, Fashion-MNIST DDPM++ VP) with
+Runs `experiments.sweep.run_sweep` on a trained demo workdir (`make demo`, Fashion-MNIST DDPM++ VP) with
 two grids and copies the sweep's outputs to bench/results/:
 
   * `--grid nfe`: PC (Euler-Maruyama; reverse diffusion + Langevin), SRA1, DPM-Solver-2 (2M),
@@ -25,8 +25,8 @@ import shutil
 import _common
 from absl import logging
 
-import sweep
 from configs.demo import fashion_mnist_ddpmpp
+from experiments import sweep, sweep_grid
 
 NFE_SAMPLERS = (
     # Probability-flow ODE solvers at a fixed NFE budget.
@@ -50,7 +50,7 @@ def demo_config(workdir: str, grid: str, num_samples: int, columns: tuple[str, .
     """The demo config with the sweep grid, offline metrics and batch 64."""
     config = fashion_mnist_ddpmpp.get_config()
     with config.unlocked():
-        config.sweep = sweep.default_sweep_config()
+        config.sweep = sweep_grid.default_sweep_config()
     config.eval.feature_extractor_path = os.path.join(workdir, "extractor")
     config.eval.inception_path = "none"
     s = config.sweep

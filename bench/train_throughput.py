@@ -1,8 +1,8 @@
 """Training and sampling throughput on this machine, with peak RSS.
 
-Training: images/s of the jitted train step (`run_lib.make_train_step`) for the tiny DDPM++
+Training: images/s of the jitted train step (`training.steps.make_train_step`) for the tiny DDPM++
 test config and the full CIFAR-10 DDPM++ config, with `n_jitted_steps` 1 and 5 (on CPU the
-fused steps are unrolled, see run_lib). Sampling: images/s and NFE of the PC sampler (EM) and
+fused steps are unrolled, see training/steps.py). Sampling: images/s and NFE of the PC sampler (EM) and
 the probability-flow ODE sampler (Dopri5) for the tiny config. Writes
 bench/results/train_throughput.json. The paper's reference is 0.30 s/step for NCSN++ cont. at
 batch 128 on 4 V100 (README of score_sde).
@@ -20,11 +20,11 @@ from jax.sharding import NamedSharding
 from jax.sharding import PartitionSpec as P
 
 import losses
-import run_lib
 import sampling
 from configs.testing import ddpmpp_tiny
 from configs.vp import cifar10_ddpmpp_continuous
 from models import utils as mutils
+from training import devices, score_model, steps
 
 
 def peak_rss_mib():
@@ -35,13 +35,16 @@ def train_rate(config, n_jitted, batch, repeats):
     config.training.batch_size = batch
     model = mutils.get_model(config)
     tx = losses.get_optimizer(config)
-    sde, _ = run_lib.get_sde(config)
-    mesh = run_lib.make_mesh()
+    sde, _ = score_model.sde_from_config(config)
+    mesh = devices.make_mesh()
     ss, bs = NamedSharding(mesh, P()), NamedSharding(mesh, P(None, "data"))
-    step = run_lib.make_train_step(
-        run_lib.get_loss_fn(config, sde, model, train=True), tx, 0.999, jax.random.key(0), ss, bs
+    step = steps.make_train_step(
+        score_model.score_loss_fn(config, sde, model, train=True), tx, 0.999, jax.random.key(0),
+        ss, bs,
+    )  # fmt: skip
+    state = jax.jit(lambda k: score_model.create_train_state(config, model, tx, k))(
+        jax.random.key(0)
     )
-    state = jax.jit(lambda k: run_lib.create_train_state(config, model, tx, k))(jax.random.key(0))
     state = jax.device_put(state, ss)
     size, ch = config.data.image_size, config.data.num_channels
     x = jax.device_put(jax.random.uniform(jax.random.key(1), (n_jitted, batch, size, size, ch)), bs)
@@ -67,8 +70,8 @@ def train_rate(config, n_jitted, batch, repeats):
 def sampling_rate(config, batch, repeats):
     config.eval.batch_size = batch
     model = mutils.get_model(config)
-    sde, eps = run_lib.get_sde(config)
-    params = run_lib.init_params(config, model, jax.random.key(0))
+    sde, eps = score_model.sde_from_config(config)
+    params = score_model.init_params(config, model, jax.random.key(0))
     shape = (batch, config.data.image_size, config.data.image_size, config.data.num_channels)
     rows = {}
     for method in ("pc", "ode"):

@@ -243,7 +243,7 @@ def _log_finished(path: str, cell: Cell) -> None:
 # --------------------------------------------------------------------------------------------
 
 
-def _with_cli_overrides(config, flag_sweep) -> ml_collections.ConfigDict:
+def with_cli_overrides(config, flag_sweep) -> ml_collections.ConfigDict:
     """`config` with `config.sweep` updated by the `--sweep.*` fields that differ from the
     defaults (so a sweep written in the config file can be adjusted from the command line)."""
     defaults = default_sweep_config().to_dict()
@@ -272,6 +272,6 @@ def cli() -> None:
         utils.hide_gpus_from_tf()
         utils.quiet_library_logs()
         fl = flags.FLAGS
-        run_sweep(_with_cli_overrides(fl.config, fl.sweep), fl.workdir, fl.shard)
+        run_sweep(with_cli_overrides(fl.config, fl.sweep), fl.workdir, fl.shard)
 
     app.run(main)

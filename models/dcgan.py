@@ -1,7 +1,7 @@
 """DCGAN generator and discriminator (Radford et al. 2015) as flax.linen modules.
 
-Used by DDLS (`ddls.py`, Che et al. 2020): the GAN is trained by `gan_lib.train` and the
-discriminator logit of generated images, `d(G(z))`, defines an energy in latent space.
+Used by DDLS (`samplers/ddls.py`, Che et al. 2020): the GAN is trained by
+`experiments.gan.train` and the discriminator logit of generated images, `d(G(z))`, defines an energy in latent space.
 
 Shapes: latents `z` are `[B, z_dim]` (z ~ N(0, I)); images are NHWC in [-1, 1] (the data scaler
 with `data.centered=True`); logits are `[B]`. Image sizes are `base * 2**n` with `base` the first

@@ -574,14 +574,14 @@ def test_get_config_returns_fresh_objects():
 
 
 # --------------------------------------------------------------------------------------------
-# DDLS: DCGAN configs (gan_lib.train, ddls.run_ddls).
+# DDLS: DCGAN configs (experiments.gan.train, experiments.ddls.run_ddls).
 
 DCGAN = ["ddls/cifar10_dcgan", "ddls/fashion_mnist_dcgan", "testing/dcgan_tiny"]
 
 
 @pytest.mark.parametrize("name", DCGAN)
 def test_dcgan_config_is_runnable(name):
-    """The fields gan_lib, models.dcgan and ddls read exist and hold valid values."""
+    """The fields experiments.gan, models.dcgan and DDLS read exist and hold valid values."""
     from models import dcgan
 
     c = get(name)

@@ -15,7 +15,6 @@ comments).
 import os
 
 import analytic
-import controllable_lib as cl
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -25,13 +24,16 @@ from PIL import Image
 
 import controllable_generation as cg
 import losses
-import run_lib
 import sampling
 import sde_lib
 from configs.testing import ddpmpp_tiny
+from experiments import classifier as cl_train
+from experiments import controllable as cl
 from models import utils as mutils
 from models import wideresnet_noise_conditional as wrn
 from sde_lib import batch_bcast
+from training import checkpoints, devices, score_model, steps
+from training.state import TrainState
 
 # --------------------------------------------------------------------------------------------
 # Closed forms.
@@ -264,7 +266,7 @@ def test_sharded_inpainter_matches_single_device():
     mu, cov = np.zeros(4), _cov(4, seed=3)
     data = jnp.ones((64, 4))
     mask = jnp.array([[1.0, 0.0, 1.0, 0.0]])
-    sharding = NamedSharding(run_lib.make_mesh(), P("data"))
+    sharding = NamedSharding(devices.make_mesh(), P("data"))
     outs = [
         cg.get_pc_inpainter(sde, gaussian_score(sde, mu, cov), "reverse_diffusion", "langevin",
                             sharding=sh)(jax.random.key(0), data, mask)[0]
@@ -378,22 +380,21 @@ def test_classifier_training_step_reduces_loss(tiny_wrn_params):
     sde = sde_lib.VPSDE(N=100)
     tx = optax.adam(1e-3)
     params = jax.tree.map(jnp.copy, tiny_wrn_params)
-    state = run_lib.TrainState(
-        jnp.asarray(0), params, jax.tree.map(jnp.copy, params), tx.init(params)
-    )
-    loss_fn = cl.get_classifier_loss_fn(sde, TINY_WRN, eps=1e-3)
+    state = TrainState(jnp.asarray(0), params, jax.tree.map(jnp.copy, params), tx.init(params))
+    loss_fn = cl_train.get_classifier_loss_fn(sde, TINY_WRN, eps=1e-3)
     images, labels = _toy_batch()
     base_key = jax.random.key(1)
-    step = cl.make_classifier_train_step(loss_fn, tx, 0.9, base_key)
+    step = steps.make_train_step(loss_fn, tx, 0.9, base_key, has_aux=True)
+    batch = (images[None], labels[None])  # one step per call
     # The loss under step 0's key (t and noise draws): the objective the first step descends.
-    loss_at = jax.jit(lambda p: loss_fn(jax.random.fold_in(base_key, 0), p, images, labels)[0])
+    loss_at = jax.jit(lambda p: loss_fn(jax.random.fold_in(base_key, 0), p, (images, labels))[0])
     before = float(loss_at(state.params))
-    state, metrics = step(state, images, labels)
+    state, metrics = step(state, batch)
     assert int(state.step) == 1
-    np.testing.assert_allclose(float(metrics["loss"]), before, rtol=1e-5)
+    np.testing.assert_allclose(float(metrics["loss"][0]), before, rtol=1e-5)
     assert float(loss_at(state.params)) < before - 0.05  # measured 1.13 -> 0.98
     for _ in range(60):
-        state, metrics = step(state, images, labels)
+        state, metrics = step(state, batch)
     assert float(loss_at(state.params)) < 0.5 * before  # measured 0.29
 
 
@@ -403,16 +404,18 @@ def test_classifier_training_step_reduces_loss(tiny_wrn_params):
 
 
 def _tiny_workdir(tmp_path):
-    """A random-init DDPM++ checkpoint (run_lib.save_checkpoint) on 8x8 images + a folder."""
+    """A random-init DDPM++ checkpoint (checkpoints.save_checkpoint) on 8x8 images + a folder."""
     config = ddpmpp_tiny.get_config()
     config.data.image_size = 8
     config.model.ch_mult = (1,)
     config.model.attn_resolutions = (8,)
     model = mutils.get_model(config)
     tx = losses.get_optimizer(config)
-    state = jax.jit(lambda k: run_lib.create_train_state(config, model, tx, k))(jax.random.key(0))
-    manager = run_lib.checkpoint_manager(str(tmp_path / "w"), config)
-    run_lib.save_checkpoint(manager, state)
+    state = jax.jit(lambda k: score_model.create_train_state(config, model, tx, k))(
+        jax.random.key(0)
+    )
+    manager = checkpoints.checkpoint_manager(str(tmp_path / "w"), config.training.snapshot_freq)
+    checkpoints.save_checkpoint(manager, state)
     manager.close()
     folder = tmp_path / "images"
     folder.mkdir()
@@ -459,15 +462,15 @@ def test_train_classifier_resumes_exactly_and_guides_the_cli(tmp_path):
         x_test=rng.integers(0, 256, (16, 8, 8, 3), dtype=np.uint8),
         y_test=rng.integers(0, 10, 16),
     )
-    cfg = cl.get_classifier_config()
+    cfg = cl_train.get_classifier_config()
     cfg.model.update(depth=10, widen_factor=1, temb_dim=32)
     cfg.training.update(batch_size=8, n_iters=4, log_freq=1, snapshot_freq=2)
     cfg.training.snapshot_freq_for_preemption = 2
-    full = cl.train_classifier(config, str(tmp_path / "full"), cfg)
+    full = cl_train.train_classifier(config, str(tmp_path / "full"), cfg)
     cfg.training.n_iters = 2
-    cl.train_classifier(config, str(tmp_path / "resumed"), cfg)
+    cl_train.train_classifier(config, str(tmp_path / "resumed"), cfg)
     cfg.training.n_iters = 4
-    resumed = cl.train_classifier(config, str(tmp_path / "resumed"), cfg)
+    resumed = cl_train.train_classifier(config, str(tmp_path / "resumed"), cfg)
     assert int(full.step) == int(resumed.step) == 4
     jax.tree.map(np.testing.assert_array_equal, full.params, resumed.params)
     path = cl.run(config, workdir, "conditional", classifier_workdir=str(tmp_path / "full"),

@@ -10,17 +10,19 @@ import json
 import os
 import shutil
 
-import ddls
-import gan_lib
 import jax
 import numpy as np
 import pytest
 from jax import numpy as jnp
 
 import datasets
-import run_lib
 import utils
 from configs.testing import dcgan_tiny
+from experiments import ddls as ddls_experiment
+from experiments import extractor
+from experiments import gan as gan_lib
+from samplers import ddls
+from training import sample_eval
 
 M = np.array([1.0, -0.5, 0.25])
 A = np.array([[2.0, 0.5, 0.0], [0.5, 1.0, 0.2], [0.0, 0.2, 1.5]])
@@ -165,12 +167,12 @@ def test_run_ddls_writes_csv_plot_grids_and_summary(tmp_path, trained_tiny_gan, 
     shutil.copytree(source, workdir)
     seen = []
 
-    def fake_metrics(config, samples_uint8, folder):
+    def fake_metrics(config, samples_uint8):
         seen.append(samples_uint8)
         return {"fd_stub": float(np.mean(samples_uint8))}
 
-    monkeypatch.setattr(run_lib, "_sample_metrics", fake_metrics)
-    rows = ddls.run_ddls(config, workdir)
+    monkeypatch.setattr(sample_eval, "sample_metrics", fake_metrics)
+    rows = ddls_experiment.run_ddls(config, workdir)
     folder = os.path.join(workdir, "ddls")
     assert [r["step"] for r in rows] == [0, 3, 6]
     assert [r["step_size"] for r in rows] == pytest.approx([0.01, 0.005, 0.00125])
@@ -188,7 +190,7 @@ def test_run_ddls_writes_csv_plot_grids_and_summary(tmp_path, trained_tiny_gan, 
     state = gan_lib.restore_gan(config, workdir)
     generator, _, _, _ = gan_lib.build(config)
     z_key = jax.random.split(jax.random.key(config.seed + 2))[0]
-    z0 = ddls.initial_latents(z_key, 0, 16, config.model.z_dim)
+    z0 = ddls_experiment.initial_latents(z_key, 0, 16, config.model.z_dim)
     plain = utils.to_uint8(datasets.get_data_inverse_scaler(config)(
         gan_lib.generate(generator, state, z0)))  # fmt: skip
     # Within one grey level: jitted vs eager float rounding can move a floor by one.
@@ -199,22 +201,20 @@ def test_run_ddls_writes_csv_plot_grids_and_summary(tmp_path, trained_tiny_gan, 
 
 
 def test_run_ddls_with_offline_extractor(tmp_path, trained_tiny_gan):
-    import evaluation
-
     config, source = trained_tiny_gan
     workdir = str(tmp_path / "run")
     shutil.copytree(source, workdir)
     data = np.load(config.data.path)
     extractor_dir = str(tmp_path / "extractor")
-    evaluation.train_feature_extractor(
+    extractor.train_feature_extractor(
         data["x_train"], data["y_train"], 10, extractor_dir, steps=2, batch_size=8, name="tiny"
     )
     config = config.copy_and_resolve_references()
     config.eval.feature_extractor_path = extractor_dir
-    rows = ddls.run_ddls(config, workdir, eval_folder="ddls_fd")
+    rows = ddls_experiment.run_ddls(config, workdir, eval_folder="ddls_fd")
     assert all(np.isfinite(r["fd_tiny"]) and r["fd_tiny"] >= 0 for r in rows)
 
 
 def test_run_ddls_without_checkpoint_says_so(tmp_path):
     with pytest.raises(FileNotFoundError, match="No restorable GAN checkpoint"):
-        ddls.run_ddls(dcgan_tiny.get_config(), str(tmp_path))
+        ddls_experiment.run_ddls(dcgan_tiny.get_config(), str(tmp_path))

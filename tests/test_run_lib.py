@@ -22,8 +22,11 @@ from jax.sharding import PartitionSpec as P
 
 import losses
 import run_lib
+import utils
 from configs.testing import ddpmpp_tiny
+from experiments import extractor
 from models import utils as mutils
+from training import checkpoints, score_model, steps
 
 
 def make_npz(path, n_train=32, n_test=16, size=8, channels=3, seed=0):
@@ -67,12 +70,10 @@ def _params(workdir, step=None):
     config = tiny_config("")
     model = mutils.get_model(config)
     tx = losses.get_optimizer(config)
-    abstract = jax.eval_shape(
-        lambda: run_lib.create_train_state(config, model, tx, jax.random.key(0))
-    )
-    manager = run_lib.checkpoint_manager(str(workdir), config)
+    abstract = score_model.abstract_train_state(config, model, tx)
+    manager = checkpoints.checkpoint_manager(str(workdir), config.training.snapshot_freq)
     step = manager.latest_step() if step is None else step
-    state = run_lib.restore_checkpoint(manager, abstract, step, tx)
+    state = checkpoints.restore_checkpoint(manager, abstract, step, tx)
     manager.close()
     return state
 
@@ -119,11 +120,9 @@ def test_corrupt_latest_checkpoint_is_skipped(tmp_path, six_step_run, caplog):
     config = tiny_config("")
     model = mutils.get_model(config)
     tx = losses.get_optimizer(config)
-    abstract = jax.eval_shape(
-        lambda: run_lib.create_train_state(config, model, tx, jax.random.key(0))
-    )
-    manager = run_lib.checkpoint_manager(str(workdir), config)
-    state, step = run_lib.restore_latest_good(manager, abstract, tx)
+    abstract = score_model.abstract_train_state(config, model, tx)
+    manager = checkpoints.checkpoint_manager(str(workdir), config.training.snapshot_freq)
+    state, step = checkpoints.restore_latest_good(manager, abstract, tx)
     assert step == 3 and int(state.step) == 3
     assert "could not be restored" in caplog.text
 
@@ -131,14 +130,14 @@ def test_corrupt_latest_checkpoint_is_skipped(tmp_path, six_step_run, caplog):
 def test_non_finite_loss_stops_and_keeps_last_good_checkpoint(tmp_path, data_path, monkeypatch):
     workdir = tmp_path / "nan"
     run_lib.train(tiny_config(data_path, **{"training.n_iters": 2}), str(workdir))
-    original = run_lib.get_loss_fn
+    original = score_model.score_loss_fn
 
     def nan_loss_fn(config, sde, model, train):
         fn = original(config, sde, model, train)
         return lambda key, params, x: fn(key, params, x) * jnp.nan
 
-    monkeypatch.setattr(run_lib, "get_loss_fn", nan_loss_fn)
-    with pytest.raises(FloatingPointError, match="Non-finite training loss nan at step 3"):
+    monkeypatch.setattr(score_model, "score_loss_fn", nan_loss_fn)
+    with pytest.raises(FloatingPointError, match=r"Non-finite .* at step 3 \(training_loss nan"):
         run_lib.train(tiny_config(data_path), str(workdir))
     assert sorted(os.listdir(workdir / "checkpoints")) == ["2"]
 
@@ -147,22 +146,22 @@ def test_sharded_train_step_matches_single_device(data_path):
     if jax.device_count() < 8:
         pytest.skip("needs 8 (simulated) devices")
     config = tiny_config(data_path)
-    sde, _ = run_lib.get_sde(config)
+    sde, _ = score_model.sde_from_config(config)
     model = mutils.get_model(config)
     tx = losses.get_optimizer(config)
-    loss_fn = run_lib.get_loss_fn(config, sde, model, train=True)
+    loss_fn = score_model.score_loss_fn(config, sde, model, train=True)
     images = jax.random.uniform(jax.random.key(1), (1, 8, 8, 8, 3)) * 2 - 1
     results = []
     for devices in (jax.devices()[:1], jax.devices()):
         mesh = jax.sharding.Mesh(np.array(devices), ("data",))
         state_sh, batch_sh = NamedSharding(mesh, P()), NamedSharding(mesh, P(None, "data"))
-        step = run_lib.make_train_step(loss_fn, tx, 0.999, jax.random.key(0), state_sh, batch_sh)
-        state = run_lib.create_train_state(config, model, tx, jax.random.key(2))
+        step = steps.make_train_step(loss_fn, tx, 0.999, jax.random.key(0), state_sh, batch_sh)
+        state = score_model.create_train_state(config, model, tx, jax.random.key(2))
         # Two steps: the first has lr 0 (warm-up), the second moves the params.
         config_state = jax.device_put(state, state_sh)
-        config_state, loss1 = step(config_state, jax.device_put(images, batch_sh))
-        config_state, loss2 = step(config_state, jax.device_put(images, batch_sh))
-        results.append((config_state, np.concatenate([loss1, loss2])))
+        config_state, m1 = step(config_state, jax.device_put(images, batch_sh))
+        config_state, m2 = step(config_state, jax.device_put(images, batch_sh))
+        results.append((config_state, np.concatenate([m1["loss"], m2["loss"]])))
     (single, l1), (sharded, l8) = results
     np.testing.assert_allclose(l8, l1, rtol=1e-5)
     for a, b in zip(jax.tree.leaves(sharded.params), jax.tree.leaves(single.params), strict=True):
@@ -186,7 +185,7 @@ def test_evaluate_loss_bpd_and_resumable_sampling(tmp_path, data_path, six_step_
     config = tiny_config(data_path, **overrides)
     # Kill the sampling after its first round, then resume.
     calls = {"n": 0}
-    original = run_lib._sample_rounds.__globals__["utils"].to_uint8
+    original = utils.to_uint8
 
     def flaky_to_uint8(x):
         calls["n"] += 1
@@ -194,7 +193,7 @@ def test_evaluate_loss_bpd_and_resumable_sampling(tmp_path, data_path, six_step_
             raise KeyboardInterrupt("simulated kill")
         return original(x)
 
-    monkeypatch.setattr(run_lib.utils, "to_uint8", flaky_to_uint8)
+    monkeypatch.setattr(utils, "to_uint8", flaky_to_uint8)
     with pytest.raises(KeyboardInterrupt):
         run_lib.evaluate(config, str(workdir))
     folder = workdir / "eval" / "ckpt_2"
@@ -202,7 +201,7 @@ def test_evaluate_loss_bpd_and_resumable_sampling(tmp_path, data_path, six_step_
         [f for f in os.listdir(folder) if f.startswith("test_ckpt_2_bpd")] + ["samples_0.npz"]
     )
     first_round = np.load(folder / "samples_0.npz")["samples"]
-    monkeypatch.setattr(run_lib.utils, "to_uint8", original)
+    monkeypatch.setattr(utils, "to_uint8", original)
     reports = run_lib.evaluate(config, str(workdir))
     assert len(reports) == 1 and reports[0]["step"] == 6
     assert np.isfinite(reports[0]["eval_loss"]) and 2.0 < reports[0]["bpd"] < 20.0
@@ -343,13 +342,11 @@ def test_stats_and_evaluate_with_inception_stand_in_and_offline_extractor(
     import tensorflow as tf
     from test_evaluation import _StandInInception
 
-    import evaluation
-
     inception_dir = str(tmp_path / "inception")
     tf.saved_model.save(_StandInInception(), inception_dir)
     data = np.load(data_path)
     extractor_dir = str(tmp_path / "extractor")
-    evaluation.train_feature_extractor(
+    extractor.train_feature_extractor(
         data["x_train"], data["y_train"], 10, extractor_dir, steps=5, batch_size=8, name="tiny"
     )
     workdir = tmp_path / "eval_fid"

@@ -2,7 +2,7 @@
 
 Real sweeps use the tiny DDPM++ (VP, continuous, N = 25) at 8x8 with a randomly initialised
 checkpoint, 8 samples per cell, and FD / KID in the feature space of the offline extractor
-trained for a few steps on random images (the project's real metric path, `_sample_metrics`).
+trained for a few steps on random images (the project's real metric path, `training.sample_eval.sample_metrics`).
 NFE and the labels passed to the network are checked with a counting stand-in network, so the
 check is on what the sampler really evaluates, not on the nominal count.
 """
@@ -14,16 +14,15 @@ import jax.numpy as jnp
 import ml_collections
 import numpy as np
 import pytest
-import sweep_report
 from flax import linen as nn
 from PIL import Image
 
-import evaluation
 import losses
-import run_lib
-import sweep
 from configs.testing import ddpm_tiny, ddpmpp_tiny
+from experiments import extractor as extractor_lib
+from experiments import sweep, sweep_grid, sweep_report
 from models import utils as mutils
+from training import checkpoints, score_model
 
 
 def _with_sweep(config, **fields):
@@ -32,8 +31,8 @@ def _with_sweep(config, **fields):
 
 
 def _grid(config):
-    spec = sweep.get_sweep_spec(config)
-    return sweep.enumerate_cells(spec, sweep.get_runs(config, "/tmp/unused", spec))
+    spec = sweep_grid.get_sweep_spec(config)
+    return sweep_grid.enumerate_cells(spec, sweep_grid.get_runs(config, "/tmp/unused", spec))
 
 
 def _ve_config():
@@ -115,19 +114,19 @@ def test_extra_runs_and_cli_overrides():
         runs=("NCSN++=configs/testing/ncsnpp_tiny.py:/tmp/ve_run",),
     )
     config.eval.feature_extractor_path = "/tmp/extractor"
-    spec = sweep.get_sweep_spec(config)
-    runs = sweep.get_runs(config, "/tmp/vp_run", spec)
+    spec = sweep_grid.get_sweep_spec(config)
+    runs = sweep_grid.get_runs(config, "/tmp/vp_run", spec)
     assert [(r.label, r.workdir, r.config.training.sde) for r in runs.values()] == [
         ("VP", "/tmp/vp_run", "vpsde"), ("NCSN++", "/tmp/ve_run", "vesde"),
     ]  # fmt: skip
     # Every run is scored with the main config's metric settings.
     assert runs["NCSN++"].config.eval.feature_extractor_path == "/tmp/extractor"
-    ids = [c.cell_id for c in sweep.enumerate_cells(spec, runs)]
+    ids = [c.cell_id for c in sweep_grid.enumerate_cells(spec, runs)]
     assert ids == ["VP__reverse_diffusion__P50", "NCSN++__reverse_diffusion__P50"]
     # --sweep.* flags that differ from the defaults override the config file's sweep.
-    flags = sweep.default_sweep_config()
+    flags = sweep_grid.default_sweep_config()
     flags.columns = ("P10", "PC10")
-    merged = sweep._with_cli_overrides(config, flags).sweep
+    merged = sweep.with_cli_overrides(config, flags).sweep
     assert (merged.columns, merged.rows) == (("P10", "PC10"), ("reverse_diffusion",))
 
 
@@ -161,14 +160,16 @@ def test_bad_specs_raise_naming_the_value(field, value, message):
 @pytest.mark.parametrize("shard", ["3/2", "a/b", "1", "-1/2", "0/0", "1/1"])
 def test_bad_shard_raises(shard):
     with pytest.raises(ValueError, match=rf"Bad shard '{shard}'; the form is 'i/n'"):
-        sweep.parse_shard(shard)
+        sweep_grid.parse_shard(shard)
 
 
 def test_shards_partition_the_cells():
     cells = _grid(_with_sweep(_ve_config(), samplers=("ode", "ddim"), nfe=(10, 20, 50)))
     assert len(cells) == 14
     for n in (1, 2, 3, 5):
-        parts = [sweep.shard_cells(cells, *sweep.parse_shard(f"{i}/{n}")) for i in range(n)]
+        parts = [
+            sweep_grid.shard_cells(cells, *sweep_grid.parse_shard(f"{i}/{n}")) for i in range(n)
+        ]
         ids = [c.cell_id for part in parts for c in part]
         assert sorted(ids) == sorted(c.cell_id for c in cells)  # union = all, disjoint
         assert len(set(ids)) == len(ids) == len(cells)
@@ -202,7 +203,7 @@ def test_shards_share_outputs(tmp_path, monkeypatch):
     table = (out / "table1.md").read_text().splitlines()
     assert "Metric: fid" in table[0]  # FID first, FD only without it
     assert table[2] == "| predictor | VE P10 | VE C10 |"
-    assert table[4:7] == [f"| {r} | 10 | 10 |" for r in sweep.ROW_TITLES.values()][:3]
+    assert table[4:7] == [f"| {r} | 10 | 10 |" for r in sweep_grid.ROW_TITLES.values()][:3]
     nfe_table = (out / "nfe_table.md").read_text().splitlines()
     assert nfe_table[2] == "| run | sampler | 10 | 20 | adaptive |"
     assert nfe_table[4:] == [
@@ -243,15 +244,15 @@ def _run_cell(config, cell):
 @pytest.mark.parametrize("column,nfe", [("C20", 40), ("PC20", 40)])  # P: the P2000 test
 def test_recorded_nfe_is_the_real_count(column, nfe):
     config = _ve_config()  # VE N=10 has no beta_max / N limit
-    run = sweep.Run("VE", config, "/tmp/unused")
-    cell = sweep.table1_cell(run, "reverse_diffusion", column)
+    run = sweep_grid.Run("VE", config, "/tmp/unused")
+    cell = sweep_grid.table1_cell(run, "reverse_diffusion", column)
     count, labels = _run_cell(config, cell)
     assert count == len(labels) == nfe
 
 
 def test_ode_nfe_is_the_diffrax_count():
     config = ddpm_tiny.get_config()
-    cell = sweep.nfe_cell(sweep.Run("VP", config, "/tmp/unused"), "ode", None)
+    cell = sweep_grid.nfe_cell(sweep_grid.Run("VP", config, "/tmp/unused"), "ode", None)
     count, labels = _run_cell(config, cell)
     assert count == len(labels) > 2
 
@@ -262,7 +263,7 @@ def test_ode_nfe_is_the_diffrax_count():
 )
 def test_fast_sampler_cells_record_the_real_nfe(sampler, nfe):
     config = ddpmpp_tiny.get_config()
-    cell = sweep.nfe_cell(sweep.Run("VP", config, "/tmp/unused"), sampler, 10)
+    cell = sweep_grid.nfe_cell(sweep_grid.Run("VP", config, "/tmp/unused"), sampler, 10)
     count, labels = _run_cell(config, cell)
     assert count == len(labels) == nfe
 
@@ -270,7 +271,9 @@ def test_fast_sampler_cells_record_the_real_nfe(sampler, nfe):
 def test_p2000_queries_a_discrete_model_with_its_training_labels():
     """Discrete DDPM trained with N = 25, sampled with N = 50: labels t (25 - 1), s(x, i/2)."""
     config = ddpm_tiny.get_config()  # continuous=False, N = 25
-    cell = sweep.table1_cell(sweep.Run("VP", config, "/tmp/unused"), "reverse_diffusion", "P50")
+    cell = sweep_grid.table1_cell(
+        sweep_grid.Run("VP", config, "/tmp/unused"), "reverse_diffusion", "P50"
+    )
     count, labels = _run_cell(config, cell)
     labels = np.stack(labels)[:, 0]  # one label per evaluation (all examples share t)
     assert count == len(labels) == 50
@@ -278,7 +281,9 @@ def test_p2000_queries_a_discrete_model_with_its_training_labels():
     assert len(np.unique(labels)) == 50  # 50 interpolated levels between the 25 trained ones
     # VE discrete (N = 10 trained, 20 sampled): every trained index, each used twice.
     config = _ve_config()
-    cell = sweep.table1_cell(sweep.Run("VE", config, "/tmp/unused"), "reverse_diffusion", "P20")
+    cell = sweep_grid.table1_cell(
+        sweep_grid.Run("VE", config, "/tmp/unused"), "reverse_diffusion", "P20"
+    )
     labels = np.stack(_run_cell(config, cell)[1])[:, 0]
     assert sorted(np.unique(labels)) == list(range(10))
     assert np.all(np.bincount(labels) == 2)
@@ -328,7 +333,7 @@ def _save_checkpoint(config, model, workdir):
     tx = losses.get_optimizer(config)
 
     def init(key):
-        state = run_lib.create_train_state(config, model, tx, key)
+        state = score_model.create_train_state(config, model, tx, key)
         # Perturb the EMA params (the U-Net's output layer is zero-initialised: score 0).
         leaves, tree = jax.tree.flatten(state.ema_params)
         keys = jax.random.split(jax.random.fold_in(key, 1), len(leaves))
@@ -336,8 +341,8 @@ def _save_checkpoint(config, model, workdir):
         return state.replace(ema_params=jax.tree.unflatten(tree, noisy))
 
     state = jax.jit(init)(jax.random.key(0))  # eager init of the U-Net takes ~15 s on CPU
-    manager = run_lib.checkpoint_manager(str(workdir), config)
-    run_lib.save_checkpoint(manager, state)
+    manager = checkpoints.checkpoint_manager(str(workdir), config.training.snapshot_freq)
+    checkpoints.save_checkpoint(manager, state)
     manager.close()
 
 
@@ -351,7 +356,7 @@ def sweep_data(tmp_path_factory):
     data_path = str(root / "data.npz")
     np.savez(data_path, x_train=images, y_train=labels, x_test=images[:16], y_test=labels[:16])
     extractor = str(root / "extractor")
-    evaluation.train_feature_extractor(images, labels, 2, extractor, steps=2, batch_size=8)
+    extractor_lib.train_feature_extractor(images, labels, 2, extractor, steps=2, batch_size=8)
     return _tiny_config(data_path, extractor)
 
 
@@ -449,12 +454,12 @@ def test_sweep_with_the_tiny_unet(sweep_data, tmp_path):
 def test_sampler_budgets_override_the_global_nfe_list():
     config = ddpmpp_tiny.get_config()
     with config.unlocked():
-        config.sweep = sweep.default_sweep_config()
+        config.sweep = sweep_grid.default_sweep_config()
     config.sweep.rows, config.sweep.columns = (), ()
     config.sweep.nfe = (10, 20)
     config.sweep.samplers = ("ddim@30/40", "heun")
-    spec = sweep.get_sweep_spec(config)
-    cells = sweep.enumerate_cells(spec, {"VP": sweep.Run("VP", config, "/tmp/unused")})
+    spec = sweep_grid.get_sweep_spec(config)
+    cells = sweep_grid.enumerate_cells(spec, {"VP": sweep_grid.Run("VP", config, "/tmp/unused")})
     assert [(c.row, c.column) for c in cells] == [
         ("ddim", "nfe30"), ("ddim", "nfe40"), ("heun", "nfe10"), ("heun", "nfe20"),
     ]  # fmt: skip
@@ -463,13 +468,13 @@ def test_sampler_budgets_override_the_global_nfe_list():
     for bad in ("ddim@", "ddim@0", "ddim@ten"):
         config.sweep.samplers = (bad,)
         with pytest.raises(ValueError, match="NFE budgets"):
-            sweep.get_sweep_spec(config)
+            sweep_grid.get_sweep_spec(config)
 
 
 def test_two_stage_predictor_cells_fit_the_nfe_budget():
     config = _ve_config()
-    cell = sweep.nfe_cell(
-        sweep.Run("VE", config, "/tmp/unused"), "pc:predictor=sra1:corrector=none", 20
+    cell = sweep_grid.nfe_cell(
+        sweep_grid.Run("VE", config, "/tmp/unused"), "pc:predictor=sra1:corrector=none", 20
     )
     assert cell.num_scales == 10  # 2 score evaluations per SRA1 step
     count, labels = _run_cell(config, cell)

@@ -1,8 +1,9 @@
 """DDLS experiments (Che et al. 2020, arXiv:2003.06060): a DCGAN plus latent Langevin sampling.
 
 `get_dcgan_config()` holds the shared fields; `cifar10_dcgan.py` and `fashion_mnist_dcgan.py`
-override the data, widths and schedule. Train with `--mode train` (run_lib.train hands
-model.name='dcgan' to gan_lib.train), then sample with `--mode ddls` (ddls.run_ddls).
+override the data, widths and schedule. Train with `--mode train` (main.py hands
+model.name='dcgan' to experiments.gan.train), then sample with `--mode ddls`
+(experiments.ddls.run_ddls).
 """
 
 import ml_collections
@@ -48,7 +49,7 @@ def get_dcgan_config():
     data.uniform_dequantization = False
 
     config.model = model = ml_collections.ConfigDict()
-    # Network family; 'dcgan' routes `--mode train` to gan_lib.train.
+    # Network family; 'dcgan' routes `--mode train` to experiments.gan.train.
     model.name = "dcgan"
     # Latent dimension (z ~ N(0, I)); 100 in Radford et al. 2015.
     model.z_dim = 100
