@@ -21,7 +21,7 @@ NIN = layers.NIN
 default_init = layers.default_init
 
 # Residual sums are divided by sqrt(2) with `skip_rescale` to keep the variance constant.
-_SQRT2 = np.sqrt(2.0)
+SQRT2 = np.sqrt(2.0)
 
 
 def group_norm(x: Array) -> Array:
@@ -86,7 +86,7 @@ class AttnBlockpp(nn.Module):
         k = NIN(C)(h)
         v = NIN(C)(h)
         h = NIN(C, init_scale=self.init_scale)(layers.attention(x, q, k, v))
-        return (x + h) / _SQRT2 if self.skip_rescale else x + h
+        return (x + h) / SQRT2 if self.skip_rescale else x + h
 
 
 class Upsample(nn.Module):
@@ -200,7 +200,7 @@ class ResnetBlockDDPMpp(nn.Module):
         if C != out_ch:
             x = conv3x3(x, out_ch) if self.conv_shortcut else NIN(out_ch)(x)
         assert h.shape == x.shape == (B, H, W, out_ch)
-        return (x + h) / _SQRT2 if self.skip_rescale else x + h
+        return (x + h) / SQRT2 if self.skip_rescale else x + h
 
 
 class ResnetBlockBigGANpp(nn.Module):
@@ -260,4 +260,4 @@ class ResnetBlockBigGANpp(nn.Module):
         if C != out_ch or self.up or self.down:
             x = conv1x1(x, out_ch)
         assert h.shape == x.shape, (h.shape, x.shape)
-        return (x + h) / _SQRT2 if self.skip_rescale else x + h
+        return (x + h) / SQRT2 if self.skip_rescale else x + h

@@ -25,7 +25,7 @@ from jax import numpy as jnp
 
 from models import layers, layerspp
 
-_SQRT2 = layerspp._SQRT2
+SQRT2 = layerspp.SQRT2
 
 
 class NCSNpp(nn.Module):
@@ -189,7 +189,7 @@ class NCSNpp(nn.Module):
                     input_pyramid = pyramid_downsample(out_ch=h.shape[-1])(input_pyramid)
                     input_pyramid = input_pyramid + h
                     if self.skip_rescale:
-                        input_pyramid = input_pyramid / _SQRT2
+                        input_pyramid = input_pyramid / SQRT2
                     h = input_pyramid
                 hs.append(h)
 
@@ -247,6 +247,6 @@ class NCSNpp(nn.Module):
         else:
             pyramid = pyramid_upsample(out_ch=h.shape[-1])(pyramid) + h
             if self.skip_rescale:
-                pyramid = pyramid / _SQRT2
+                pyramid = pyramid / SQRT2
             h = pyramid
         return h, pyramid

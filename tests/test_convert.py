@@ -22,7 +22,7 @@ import numpy as np
 import pytest
 from flax import serialization, traverse_util
 
-from models import convert
+from models import convert, pth
 
 FIXTURES = ("ncsnpp_ve_small", "ddpmpp_vp_small", "ddpm_small", "ncsnv2_small")
 _STORAGE_NAMES = {
@@ -155,7 +155,7 @@ def test_read_pth_reads_handwritten_checkpoint(tmp_path, byteorder):
     path = tmp_path / "checkpoint_7.pth"
     writer.write(path, ckpt, byteorder=byteorder)
 
-    out = convert.read_pth(path)
+    out = pth.read_pth(path)
     sd = out["model"]
     assert isinstance(sd, collections.OrderedDict) and list(sd) == list(model)
     np.testing.assert_array_equal(sd["module.sigmas"], sigmas)
@@ -173,7 +173,7 @@ def test_read_pth_keeps_state_dict_metadata(tmp_path):
     sd = collections.OrderedDict(w=writer.tensor(np.ones(3, np.float32)))
     sd._metadata = collections.OrderedDict({"": {"version": 1}})  # as torch's state_dict() sets
     writer.write(tmp_path / "m.pth", sd)
-    out = convert.read_pth(tmp_path / "m.pth")
+    out = pth.read_pth(tmp_path / "m.pth")
     assert out._metadata == {"": {"version": 1}}
     np.testing.assert_array_equal(out["w"], np.ones(3))
 
@@ -191,7 +191,7 @@ def test_read_pth_refuses_code_without_running_it(tmp_path):
     with zipfile.ZipFile(tmp_path / "evil.pth", "w") as z:
         z.writestr("archive/data.pkl", pickle.dumps({"w": _Evil(sentinel)}, protocol=2))
     with pytest.raises(pickle.UnpicklingError, match=r"refused global '(posix|nt|os)\.system'"):
-        convert.read_pth(tmp_path / "evil.pth")
+        pth.read_pth(tmp_path / "evil.pth")
     assert not sentinel.exists()
 
 
@@ -200,18 +200,18 @@ def test_read_pth_refuses_storage_overrun(tmp_path):
     storage = writer.storage(np.zeros(4, np.float32))
     writer.write(tmp_path / "bad.pth", {"w": writer.view(storage, 2, (2, 2), (2, 1))})
     with pytest.raises(pickle.UnpicklingError, match="past its storage"):
-        convert.read_pth(tmp_path / "bad.pth")
+        pth.read_pth(tmp_path / "bad.pth")
 
 
 def test_read_pth_refuses_legacy_and_foreign_files(tmp_path):
     legacy = tmp_path / "legacy.pth"
-    legacy.write_bytes(pickle.dumps(convert._LEGACY_MAGIC, protocol=2) + pickle.dumps(1001))
+    legacy.write_bytes(pickle.dumps(pth.LEGACY_MAGIC, protocol=2) + pickle.dumps(1001))
     with pytest.raises(ValueError, match="legacy"):
-        convert.read_pth(legacy)
+        pth.read_pth(legacy)
     other = tmp_path / "other.pth"
     other.write_bytes(b"not a checkpoint")
     with pytest.raises(ValueError, match="not a zip-format"):
-        convert.read_pth(other)
+        pth.read_pth(other)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -231,13 +231,13 @@ def test_module_walk_matches_original_jax_call_order(config_module):
     # Fourier / positional NCSN++, DDPM++, output_skip + input_skip at 256 px, and DDPM.
     expected = json.loads(ORIGINAL_ORDER.read_text())[config_module]
     config = importlib.import_module(config_module).get_config()
-    assert convert._MODULE_LISTS[config.model.name](config) == expected
+    assert convert.MODULE_LISTS[config.model.name](config) == expected
 
 
 @pytest.mark.parametrize("fixture", FIXTURES[:3])
 def test_walk_covers_every_torch_module(shared_dir, fixture):
     config, state_dict, _ = _load_fixture(shared_dir, fixture)
-    modules = convert._MODULE_LISTS[config.model.name](config)
+    modules = convert.MODULE_LISTS[config.model.name](config)
     indices = {int(k.split(".")[1]) for k in state_dict if k.startswith("all_modules.")}
     assert indices == set(range(len(modules)))
 
@@ -245,16 +245,16 @@ def test_walk_covers_every_torch_module(shared_dir, fixture):
 def test_fit_reports_first_mismatch_path_and_both_shapes():
     template = {"A_0": {"kernel": jax.ShapeDtypeStruct((3, 3, 2, 4), np.float32)}}
     good = {("A_0", "kernel"): (np.zeros((3, 3, 2, 4)), "x")}
-    assert convert._fit_to_template(good, template)["A_0"]["kernel"].dtype == np.float32
+    assert convert.fit_to_template(good, template)["A_0"]["kernel"].dtype == np.float32
     with pytest.raises(convert.ConversionError) as e:
-        convert._fit_to_template({("A_0", "kernel"): (np.zeros((3, 3, 2, 5)), "t.w")}, template)
+        convert.fit_to_template({("A_0", "kernel"): (np.zeros((3, 3, 2, 5)), "t.w")}, template)
     assert "params/A_0/kernel" in str(e.value)
     assert "(3, 3, 2, 5)" in str(e.value) and "(3, 3, 2, 4)" in str(e.value)
     with pytest.raises(convert.ConversionError, match="missing.*A_0/kernel"):
-        convert._fit_to_template({}, template)
+        convert.fit_to_template({}, template)
     extra = {**good, ("B_0", "bias"): (np.zeros(2), "t.b")}
     with pytest.raises(convert.ConversionError, match="does not have.*B_0/bias"):
-        convert._fit_to_template(extra, template)
+        convert.fit_to_template(extra, template)
 
 
 # ---------------------------------------------------------------------------------------------

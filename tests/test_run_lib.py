@@ -137,7 +137,9 @@ def test_non_finite_loss_stops_and_keeps_last_good_checkpoint(tmp_path, data_pat
         return lambda key, params, x: fn(key, params, x) * jnp.nan
 
     monkeypatch.setattr(score_model, "score_loss_fn", nan_loss_fn)
-    with pytest.raises(FloatingPointError, match=r"Non-finite .* at step 3 \(training_loss nan"):
+    with pytest.raises(
+        FloatingPointError, match=r"Non-finite training_loss at step 3 \(training_loss nan"
+    ):
         run_lib.train(tiny_config(data_path), str(workdir))
     assert sorted(os.listdir(workdir / "checkpoints")) == ["2"]
 

@@ -123,9 +123,11 @@ class _Pending:
                 finite &= np.broadcast_to(np.isfinite(v), (n,))
             if not finite.all():
                 i = int(np.flatnonzero(~finite)[0])
-                values = ", ".join(f"{k} {v[min(i, len(v) - 1)]:.4g}" for k, v in host.items())
+                at = {k: v[min(i, len(v) - 1)] for k, v in host.items()}
+                bad = [k for k, v in at.items() if not np.isfinite(v)] or ["parameters"]
+                values = ", ".join(f"{k} {v:.4g}" for k, v in at.items())
                 raise NonFiniteError(
-                    f"Non-finite loss or parameters at step {first + i + 1} ({values}); the last "
+                    f"Non-finite {', '.join(bad)} at step {first + i + 1} ({values}); the last "
                     f"good checkpoint is kept. {self.hint}"
                 )
             last = {k: float(v[-1]) for k, v in host.items()}
