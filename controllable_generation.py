@@ -48,6 +48,7 @@ import numpy as np
 from jax import Array
 
 import sampling
+from samplers import common
 from sde_lib import batch_bcast
 
 ScoreFn = Callable[[Array, Array], Array]
@@ -176,9 +177,9 @@ def get_pc_conditional_sampler(
       (each one also evaluates the classifier gradient once, unless `scale == 0`). With the same
       key and `scale=0` the samples equal `sampling.get_pc_sampler`'s.
     """
-    shape = sampling._check_shape(shape)
+    shape = common.check_shape(shape)
     updates, nfe = sampling.check_pc(sde, predictor, corrector, probability_flow, n_steps)
-    inverse_scaler = inverse_scaler or sampling._identity
+    inverse_scaler = inverse_scaler or common.identity
     host_loop = jax.default_backend() == "cpu" if host_loop is None else host_loop
 
     def step_kwargs(labels):
@@ -194,7 +195,7 @@ def get_pc_conditional_sampler(
     @jax.jit
     def prior(key):
         prior_key, loop_key = jax.random.split(key)
-        return sampling._constrain(sde.prior_sampling(prior_key, shape), sharding), loop_key
+        return common.constrain(sde.prior_sampling(prior_key, shape), sharding), loop_key
 
     @jax.jit
     def device_loop(x, loop_key, labels):
@@ -265,13 +266,13 @@ def _get_pc_imputer(
     """Jitted `impute(key, data, known) -> x`, `data` and the boolean `known` in the space of
     `to_space`; also returns the NFE of one call."""
     updates, nfe = sampling.check_pc(sde, predictor, corrector, probability_flow, n_steps)
-    inverse_scaler = inverse_scaler or sampling._identity
+    inverse_scaler = inverse_scaler or common.identity
 
     @jax.jit
     def impute(key, data, known):
         project = _imputation(sde, data, known, to_space, from_space)
         prior_key, loop_key = jax.random.split(key)
-        x = sampling._constrain(sde.prior_sampling(prior_key, data.shape), sharding)
+        x = common.constrain(sde.prior_sampling(prior_key, data.shape), sharding)
         # Departure: the known part starts from the data perturbed to T, not the clean data
         # of the original (out of distribution at t = T; score_sde_pytorch#39).
         vec_T = jnp.full((data.shape[0],), sde.T, data.dtype)
@@ -321,7 +322,7 @@ def get_pc_inpainter(
       space, `mask` broadcastable to it with 1 (any nonzero) on known pixels and 0 on the ones
       to fill; `x` (after `inverse_scaler`) equals `inverse_scaler(data)` exactly where known.
     """
-    identity = sampling._identity
+    identity = common.identity
     impute, nfe = _get_pc_imputer(
         sde,
         score_fn,
@@ -340,7 +341,7 @@ def get_pc_inpainter(
 
     def inpainter(key, data, mask):
         data = jnp.asarray(data)
-        sampling._check_shape(data.shape)
+        common.check_shape(data.shape)
         try:
             known = jnp.broadcast_to(jnp.asarray(mask) != 0, data.shape)
         except ValueError as e:

@@ -29,14 +29,10 @@ import jax.numpy as jnp
 from jax import Array
 
 import sde_lib
-import sde_solvers
+from samplers import common, fast_samplers, sde_solvers
 from sde_lib import batch_bcast
 
 ScoreFn = Callable[[Array, Array], Array]
-
-
-def _identity(x: Array) -> Array:
-    return x
 
 
 # --------------------------------------------------------------------------------------------
@@ -206,18 +202,6 @@ def get_corrector(name: str):
     return CORRECTORS[name]
 
 
-def _check_shape(shape) -> tuple[int, ...]:
-    shape = tuple(int(s) for s in shape)
-    if len(shape) < 2:
-        raise ValueError(f"shape must be (batch, ...) with at least 2 dims, got {shape}")
-    return shape
-
-
-def _constrain(x: Array, sharding) -> Array:
-    """Places the batch on `sharding` inside jit (works for Auto and Explicit mesh axes)."""
-    return x if sharding is None else jax.device_put(x, sharding)
-
-
 # --------------------------------------------------------------------------------------------
 # Predictor-corrector sampler.
 # --------------------------------------------------------------------------------------------
@@ -267,7 +251,7 @@ def pc_step(i, carry, key, *, sde, score_fn, updates, snr, n_steps, probability_
         p_key, x, vec_t, sde=sde, score_fn=score_fn, probability_flow=probability_flow
     )
     x, x_mean = project(p_proj_key, x, x_mean, vec_t)
-    return _constrain(x, sharding), _constrain(x_mean, sharding)
+    return common.constrain(x, sharding), common.constrain(x_mean, sharding)
 
 
 def pc_loop(key, x, **step_kwargs):
@@ -311,9 +295,9 @@ def get_pc_sampler(
     Returns:
       `sampler(key) -> (x, nfe)`, jitted; `nfe` is the number of score evaluations.
     """
-    shape = _check_shape(shape)
+    shape = common.check_shape(shape)
     updates, nfe = check_pc(sde, predictor, corrector, probability_flow, n_steps)
-    inverse_scaler = inverse_scaler or _identity
+    inverse_scaler = inverse_scaler or common.identity
     loop = functools.partial(
         pc_loop, sde=sde, score_fn=score_fn, updates=updates, snr=snr, n_steps=n_steps,
         probability_flow=probability_flow, eps=eps, sharding=sharding,
@@ -322,7 +306,7 @@ def get_pc_sampler(
     @jax.jit
     def pc_sampler(key):
         prior_key, loop_key = jax.random.split(key)
-        x = _constrain(sde.prior_sampling(prior_key, shape), sharding)
+        x = common.constrain(sde.prior_sampling(prior_key, shape), sharding)
         x, x_mean = loop(loop_key, x)
         return inverse_scaler(x_mean if denoise else x)
 
@@ -397,8 +381,8 @@ def get_ode_sampler(
       `sampler(key, z=None) -> (x, nfe)`: draws the latent from the prior unless `z` is given
       (decoding a latent from `likelihood` inverts the encoding up to solver tolerance).
     """
-    shape = _check_shape(shape)
-    inverse_scaler = inverse_scaler or _identity
+    shape = common.check_shape(shape)
+    inverse_scaler = inverse_scaler or common.identity
     rsde = sde.reverse(score_fn, probability_flow=True)
 
     def drift(t, x):
@@ -408,7 +392,7 @@ def get_ode_sampler(
     def ode_sampler(key, z):
         prior_key, denoise_key = jax.random.split(key)
         x = sde.prior_sampling(prior_key, shape) if z is None else z
-        x = _constrain(x, sharding)
+        x = common.constrain(x, sharding)
         x, nfe = solve_ode(drift, x, sde.T, eps, rtol=rtol, atol=atol, method=method)
         if denoise:
             # One reverse-diffusion step at t=eps without noise (the original's denoise step).
@@ -429,7 +413,7 @@ def get_ode_sampler(
 # Config-level wrapper (the original `get_sampling_fn`).
 # --------------------------------------------------------------------------------------------
 
-# `config.sampling.method` values; the fast samplers live in fast_samplers.py / sde_solvers.py.
+# `config.sampling.method` values; the fast samplers live in samplers/.
 SAMPLING_METHODS = ("pc", "ode", "dpm_solver", "ddim", "heun", "adaptive")
 
 
@@ -456,8 +440,6 @@ def _sampler_builder(config, sde, shape, inverse_scaler, eps, sharding):
             rtol=s.get("rtol", 1e-5), atol=s.get("atol", 1e-5),
         ), True  # fmt: skip
     if method in ("dpm_solver", "ddim", "heun"):
-        import fast_samplers
-
         options = {"steps": s.get("steps", 20), "denoise": s.get("fast_denoise", False)}
         if method == "dpm_solver":
             options.update(
@@ -498,10 +480,10 @@ def get_sampling_fn(config, sde, model, shape, inverse_scaler, eps, sharding=Non
       * 'pc': predictor, corrector, snr, n_steps_each, probability_flow, noise_removal;
       * 'ode': diffrax Dopri5 at rtol = atol = 1e-5 (`sampling.rtol/atol` if set),
         denoise = noise_removal;
-      * 'dpm_solver' / 'ddim' / 'heun' (fast_samplers.py): `sampling.steps` (NFE budget;
+      * 'dpm_solver' / 'ddim' / 'heun' (samplers/fast_samplers.py): `sampling.steps` (NFE budget;
         Heun's number of intervals), `dpm_order`, `dpm_method`, `dpm_algorithm`, `skip_type`,
         `heun_rho`, `heun_variable`, `fast_denoise` (final x0 prediction, one more NFE);
-      * 'adaptive' (sde_solvers.py, "Gotta Go Fast"): `sampling.abstol`, `reltol`.
+      * 'adaptive' (samplers/sde_solvers.py, "Gotta Go Fast"): `sampling.abstol`, `reltol`.
     The fields beyond the original's are read with defaults, so the paper's configs need none.
     As the original, the ODE paths query the model as a continuous one. The function is jitted
     once; params are an argument, so new params do not recompile.

@@ -42,10 +42,10 @@ from absl import logging
 from jax.sharding import NamedSharding
 from jax.sharding import PartitionSpec as P
 
-import fast_samplers
 import run_lib
 import sampling
 import utils
+from samplers import fast_samplers
 
 # Table 1 rows: a predictor name, or 'probability_flow' (reverse diffusion on the flow ODE).
 TABLE1_ROWS = ("ancestral_sampling", "reverse_diffusion", "probability_flow", "euler_maruyama")

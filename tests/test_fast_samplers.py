@@ -14,8 +14,8 @@ import pytest
 from jax.sharding import NamedSharding
 from jax.sharding import PartitionSpec as P
 
-import fast_samplers as fs
 import sde_lib
+from samplers import fast_samplers as fs
 
 SHAPE = (4096, 2)
 

@@ -25,7 +25,7 @@ from jax.sharding import PartitionSpec as P
 
 import sampling
 import sde_lib
-import sde_solvers
+from samplers import sde_solvers
 
 SHAPE = (4096, 2)
 

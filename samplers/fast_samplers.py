@@ -43,7 +43,7 @@ import numpy as np
 from jax import Array
 
 import sde_lib
-from sampling import _check_shape, _constrain, _identity
+from samplers import common
 from sde_lib import batch_bcast
 
 ScoreFn = Callable[[Array, Array], Array]
@@ -382,7 +382,9 @@ def _run_singlestep(param, x, plan, sde, sharding):
     for k, inner in plan:  # At most three runs (orders 3, 2, 1): a static loop of scans.
 
         def body(x, t_inner, k=k):
-            return _constrain(_single_update(k, param, x, _points(sde, t_inner)), sharding), None
+            return common.constrain(
+                _single_update(k, param, x, _points(sde, t_inner)), sharding
+            ), None
 
         x, _ = jax.lax.scan(body, x, inner)
     return x
@@ -400,7 +402,7 @@ def _run_multistep(param, x, grid: _Points, orders: np.ndarray, order: int, shar
         x, ms = carry
         i, k = xs
         x = jax.lax.switch(k - 1, branches, x, ms, history(i), _at(grid, i))
-        x = _constrain(x, sharding)
+        x = common.constrain(x, sharding)
         ms = (param.model(x, _at(grid, i)),) + ms[:-1]  # newest first
         return (x, ms), None
 
@@ -409,7 +411,7 @@ def _run_multistep(param, x, grid: _Points, orders: np.ndarray, order: int, shar
     (x, ms), _ = jax.lax.scan(body, (x, ms), xs)
     # The last step needs no model evaluation after it (official code).
     x = branches[int(orders[-1]) - 1](x, ms, history(steps), _at(grid, steps))
-    return _constrain(x, sharding)
+    return common.constrain(x, sharding)
 
 
 def _finish(sde, score_fn, x, eps, nfe, denoise, inverse_scaler) -> tuple[Array, int]:
@@ -426,7 +428,7 @@ def _make_sampler(sde, shape, sharding, solve: Callable[[Array], Array]):
     @jax.jit
     def run(key, z):
         x = sde.prior_sampling(key, shape) if z is None else z
-        return solve(_constrain(x, sharding))
+        return solve(common.constrain(x, sharding))
 
     def sampler(key, z=None):
         if z is not None and tuple(z.shape) != shape:
@@ -478,14 +480,14 @@ def get_dpm_solver_sampler(
     Returns:
       `sampler(key, z=None) -> (x, nfe)`, jitted; `z` replaces the prior draw; `nfe` is an int.
     """
-    shape = _check_shape(shape)
+    shape = common.check_shape(shape)
     _validate(order, method, algorithm, skip_type, steps)
     _schedule(sde)  # Fails now, not at trace time, for an unsupported SDE.
     if thresholding and algorithm != "dpmsolver++":
         raise ValueError(
             f"thresholding needs algorithm='dpmsolver++' (data prediction), not {algorithm!r}"
         )
-    inverse_scaler = inverse_scaler or _identity
+    inverse_scaler = inverse_scaler or common.identity
     correct_x0 = dynamic_thresholding if thresholding else None
     param = _Param(score_fn, algorithm == "dpmsolver++", correct_x0)
     orders = multistep_orders(steps, order, lower_order_final) if method == "multistep" else None
@@ -554,12 +556,12 @@ def _heun_loop(deriv, y, us, points: _Points, sharding):
         d_cur = deriv(y, p_cur)
         y_euler = y + (u_next - u_cur) * d_cur  # Euler step.
         d_next = deriv(y_euler, p_next)  # Apply 2nd order correction.
-        return _constrain(y + (u_next - u_cur) * 0.5 * (d_cur + d_next), sharding), None
+        return common.constrain(y + (u_next - u_cur) * 0.5 * (d_cur + d_next), sharding), None
 
     pairs = (us[:-2], us[1:-1], _at(points, slice(0, -2)), _at(points, slice(1, -1)))
     y, _ = jax.lax.scan(heun_step, y, pairs)
     # Last step: Euler (EDM's last step goes to sigma = 0, where the derivative is undefined).
-    return _constrain(y + (us[-1] - us[-2]) * deriv(y, _at(points, -2)), sharding)
+    return common.constrain(y + (us[-1] - us[-2]) * deriv(y, _at(points, -2)), sharding)
 
 
 def get_heun_sampler(
@@ -590,13 +592,13 @@ def get_heun_sampler(
     Returns:
       `sampler(key, z=None) -> (x, nfe)`, jitted.
     """
-    shape = _check_shape(shape)
+    shape = common.check_shape(shape)
     if int(steps) < 1:
         raise ValueError(f"steps must be >= 1, got {steps}")
     if variable not in HEUN_VARIABLES:
         raise ValueError(f"Unknown variable {variable!r}; valid variables: {list(HEUN_VARIABLES)}")
     _schedule(sde)
-    inverse_scaler = inverse_scaler or _identity
+    inverse_scaler = inverse_scaler or common.identity
     rsde = sde.reverse(score_fn, probability_flow=True)
     param = _Param(score_fn, data=False)
     nfe = 2 * steps - 1
