@@ -68,7 +68,7 @@ def reverse_diffusion_update(key, x, t, *, sde, score_fn, probability_flow=False
 
 def _ancestral_ve(key, x, t, *, sde, score_fn):
     # SMLD ancestral step between sigma_i and sigma_{i-1} (paper Eq. 47).
-    i = sde_lib._timestep(t, sde.N, sde.T)
+    i = sde_lib.timestep_index(t, sde.N, sde.T)
     sigmas = jnp.asarray(sde.discrete_sigmas, x.dtype)
     sigma = sigmas[i]
     adjacent_sigma = jnp.where(i == 0, jnp.zeros_like(sigma), sigmas[i - 1])
@@ -81,7 +81,7 @@ def _ancestral_ve(key, x, t, *, sde, score_fn):
 
 def _ancestral_vp(key, x, t, *, sde, score_fn):
     # DDPM ancestral step (Ho et al. 2020, Alg. 2, with the score in place of -eps/std).
-    i = sde_lib._timestep(t, sde.N, sde.T)
+    i = sde_lib.timestep_index(t, sde.N, sde.T)
     beta = jnp.asarray(sde.discrete_betas, x.dtype)[i]
     score = score_fn(x, t)
     x_mean = (x + batch_bcast(beta, x) * score) / batch_bcast(jnp.sqrt(1.0 - beta), x)
@@ -131,7 +131,7 @@ PREDICTOR_NFE = {"none": 0, **sde_solvers.NFE_PER_STEP}
 def _langevin_alpha(sde, t: Array) -> Array:
     """The DDPM `alpha_i` for VP/sub-VP (scales the step, paper Alg. 5); 1 for VE."""
     if isinstance(sde, (sde_lib.VPSDE, sde_lib.subVPSDE)):
-        return jnp.asarray(sde.alphas, t.dtype)[sde_lib._timestep(t, sde.N, sde.T)]
+        return jnp.asarray(sde.alphas, t.dtype)[sde_lib.timestep_index(t, sde.N, sde.T)]
     return jnp.ones_like(t)
 
 

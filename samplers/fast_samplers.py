@@ -54,13 +54,13 @@ ScoreFn = Callable[[Array, Array], Array]
 
 
 def _vp_log_alpha_sigma(sde, t):
-    log_alpha = sde._log_mean_coeff(t)
+    log_alpha = sde.log_mean_coeff(t)
     # log sigma = log(1 - alpha^2) / 2 with expm1: no cancellation near t = 0.
     return log_alpha, 0.5 * jnp.log(-jnp.expm1(2.0 * log_alpha))
 
 
 def _subvp_log_alpha_sigma(sde, t):
-    log_alpha = sde._log_mean_coeff(t)
+    log_alpha = sde.log_mean_coeff(t)
     return log_alpha, jnp.log(-jnp.expm1(2.0 * log_alpha))  # sigma = 1 - alpha^2 (Eq. 12).
 
 
