@@ -48,6 +48,7 @@ import numpy as np
 from jax import Array
 
 import sampling
+import utils
 from samplers import common
 from sde_lib import batch_bcast
 
@@ -168,9 +169,10 @@ def get_pc_conditional_sampler(
       scale: guidance strength; the score is `s + scale grad log p_t(y | x)`, i.e. sampling
         `p(x) p(y | x)^scale`. 1 is the paper (and Bayes' rule); 0 is unconditional.
       host_loop: run the noise levels from a host loop over one jitted `sampling.pc_step`
-        instead of `lax.fori_loop`. None = on CPU only: XLA:CPU runs the classifier's
-        convolution gradients ~8x slower inside a loop body (bench/conditional_overhead.py);
-        the samples are the same up to float rounding.
+        instead of `lax.fori_loop`. None = `not utils.device_loops()`: `$SCORE_SDE_LOOPS`, by
+        default a host loop on CPU only, where XLA:CPU runs the classifier's convolution
+        gradients ~8x slower inside a loop body (bench/conditional_overhead.py); the samples
+        are the same up to float rounding.
 
     Returns:
       `sampler(key, labels) -> (x, nfe)`: `labels` int `[B]`; `nfe` counts score evaluations
@@ -180,7 +182,7 @@ def get_pc_conditional_sampler(
     shape = common.check_shape(shape)
     updates, nfe = sampling.check_pc(sde, predictor, corrector, probability_flow, n_steps)
     inverse_scaler = inverse_scaler or common.identity
-    host_loop = jax.default_backend() == "cpu" if host_loop is None else host_loop
+    on_device = utils.device_loops(None if host_loop is None else not host_loop)
 
     def step_kwargs(labels):
         def total_score(x, t):
@@ -207,13 +209,13 @@ def get_pc_conditional_sampler(
 
     def conditional_sampler(key, labels):
         x, loop_key = prior(key)
-        if host_loop:
+        if on_device:
+            x, x_mean = device_loop(x, loop_key, labels)
+        else:
             carry = (x, x)
             for i in range(sde.N):
                 carry = host_step(i, carry, loop_key, labels)
             x, x_mean = carry
-        else:
-            x, x_mean = device_loop(x, loop_key, labels)
         return inverse_scaler(x_mean if denoise else x)
 
     def sampler(key, labels):
