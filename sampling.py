@@ -418,7 +418,7 @@ def get_ode_sampler(
 # --------------------------------------------------------------------------------------------
 
 # `config.sampling.method` -> factory `(sde, score_fn, shape, **options) -> sampler`.
-SAMPLERS = {
+SAMPLER_FACTORIES = {
     "pc": get_pc_sampler,
     "ode": get_ode_sampler,
     "dpm_solver": fast_samplers.get_dpm_solver_sampler,
@@ -426,7 +426,7 @@ SAMPLERS = {
     "heun": fast_samplers.get_heun_sampler,
     "adaptive": sde_solvers.get_adaptive_sampler,
 }
-SAMPLING_METHODS = tuple(SAMPLERS)
+SAMPLING_METHODS = tuple(SAMPLER_FACTORIES)
 # Methods that integrate the probability-flow ODE: like the original ODE sampler, they query
 # the model as a continuous-time one; the SDE samplers follow `config.training.continuous`.
 ODE_METHODS = ("ode", "dpm_solver", "ddim", "heun")
@@ -469,13 +469,13 @@ SAMPLING_FIELDS = {
 
 
 def get_sampler(name: str, sde, score_fn: ScoreFn, shape, **options):
-    """Builds the sampler `name` of `SAMPLERS` on a score function; no config involved.
+    """Builds the sampler `name` (a key of `SAMPLER_FACTORIES`) on a score function; no config.
 
     E.g. `get_sampler("ddim", sde, score_fn, shape, steps=10)`, or `get_sampler("pc", sde,
     score_fn, shape, predictor="reverse_diffusion", corrector="langevin", snr=0.16)`.
 
     Args:
-      name: a method in `SAMPLERS` ('pc', 'ode', 'dpm_solver', 'ddim', 'heun', 'adaptive').
+      name: 'pc', 'ode', 'dpm_solver', 'ddim', 'heun' or 'adaptive' (`SAMPLING_METHODS`).
       sde, score_fn, shape: as `get_pc_sampler`.
       **options: keyword arguments of that method's factory (`get_pc_sampler`,
         `get_ode_sampler`, `fast_samplers.get_dpm_solver_sampler`, `get_ddim_sampler`,
@@ -487,9 +487,9 @@ def get_sampler(name: str, sde, score_fn: ScoreFn, shape, **options):
     Raises:
       ValueError: for an unknown name, listing the valid ones.
     """
-    if name not in SAMPLERS:
-        raise ValueError(f"Unknown sampler {name!r}; valid: {list(SAMPLERS)}")
-    return SAMPLERS[name](sde, score_fn, shape, **options)
+    if name not in SAMPLER_FACTORIES:
+        raise ValueError(f"Unknown sampler {name!r}; valid: {list(SAMPLER_FACTORIES)}")
+    return SAMPLER_FACTORIES[name](sde, score_fn, shape, **options)
 
 
 def get_sampling_fn(config, sde, model, shape, inverse_scaler, eps, sharding=None, score_sde=None):
@@ -518,7 +518,7 @@ def get_sampling_fn(config, sde, model, shape, inverse_scaler, eps, sharding=Non
     """
     s = config.sampling
     method = s.method.lower()
-    if method not in SAMPLERS:
+    if method not in SAMPLER_FACTORIES:
         raise ValueError(
             f"Unknown config.sampling.method {s.method!r}; valid: {list(SAMPLING_METHODS)}"
         )

@@ -345,10 +345,14 @@ def test_get_sampling_fn_unknown_method_lists_valid_ones():
 def test_sampling_fields_are_keywords_of_the_samplers():
     """Every `config.sampling` field that get_sampling_fn reads lands on a keyword argument of
     the method's factory, and every method has its fields."""
-    assert set(sampling.SAMPLING_FIELDS) == set(sampling.SAMPLERS) == set(sampling.SAMPLING_METHODS)
-    assert set(sampling.ODE_METHODS) <= set(sampling.SAMPLERS)
+    assert (
+        set(sampling.SAMPLING_FIELDS)
+        == set(sampling.SAMPLER_FACTORIES)
+        == set(sampling.SAMPLING_METHODS)
+    )
+    assert set(sampling.ODE_METHODS) <= set(sampling.SAMPLER_FACTORIES)
     for method, fields in sampling.SAMPLING_FIELDS.items():
-        params = inspect.signature(sampling.SAMPLERS[method]).parameters
+        params = inspect.signature(sampling.SAMPLER_FACTORIES[method]).parameters
         assert set(fields) | {"eps", "inverse_scaler", "sharding"} <= set(params), method
 
 
