@@ -50,6 +50,8 @@ import numpy as np
 from jax import Array
 
 import sampling
+import utils
+from samplers import common
 from sde_lib import batch_bcast
 
 ScoreFn = Callable[[Array, Array], Array]
@@ -169,19 +171,20 @@ def get_pc_conditional_sampler(
       scale: guidance strength; the score is `s + scale grad log p_t(y | x)`, i.e. sampling
         `p(x) p(y | x)^scale`. 1 is the paper (and Bayes' rule); 0 is unconditional.
       host_loop: run the noise levels from a host loop over one jitted `sampling.pc_step`
-        instead of `lax.fori_loop`. None = on CPU only: XLA:CPU runs the classifier's
-        convolution gradients ~8x slower inside a loop body (bench/conditional_overhead.py);
-        the samples are the same up to float rounding.
+        instead of `lax.fori_loop`. None = `not utils.device_loops()`: `$SCORE_SDE_LOOPS`, by
+        default a host loop on CPU only, where XLA:CPU runs the classifier's convolution
+        gradients ~8x slower inside a loop body (bench/conditional_overhead.py); the samples
+        are the same up to float rounding.
 
     Returns:
       `sampler(key, labels) -> (x, nfe)`: `labels` int `[B]`; `nfe` counts score evaluations
       (each one also evaluates the classifier gradient once, unless `scale == 0`). With the same
       key and `scale=0` the samples equal `sampling.get_pc_sampler`'s.
     """
-    shape = sampling._check_shape(shape)
+    shape = common.check_shape(shape)
     updates, nfe = sampling.check_pc(sde, predictor, corrector, probability_flow, n_steps)
-    inverse_scaler = inverse_scaler or sampling._identity
-    host_loop = jax.default_backend() == "cpu" if host_loop is None else host_loop
+    inverse_scaler = inverse_scaler or common.identity
+    on_device = utils.device_loops(None if host_loop is None else not host_loop)
 
     def step_kwargs(labels):
         def total_score(x, t):
@@ -196,7 +199,7 @@ def get_pc_conditional_sampler(
     @jax.jit
     def prior(key):
         prior_key, loop_key = jax.random.split(key)
-        return sampling._constrain(sde.prior_sampling(prior_key, shape), sharding), loop_key
+        return common.constrain(sde.prior_sampling(prior_key, shape), sharding), loop_key
 
     @jax.jit
     def device_loop(x, loop_key, labels):
@@ -208,13 +211,13 @@ def get_pc_conditional_sampler(
 
     def conditional_sampler(key, labels):
         x, loop_key = prior(key)
-        if host_loop:
+        if on_device:
+            x, x_mean = device_loop(x, loop_key, labels)
+        else:
             carry = (x, x)
             for i in range(sde.N):
                 carry = host_step(i, carry, loop_key, labels)
             x, x_mean = carry
-        else:
-            x, x_mean = device_loop(x, loop_key, labels)
         return inverse_scaler(x_mean if denoise else x)
 
     def sampler(key, labels):
@@ -267,13 +270,13 @@ def _get_pc_imputer(
     """Jitted `impute(key, data, known) -> x`, `data` and the boolean `known` in the space of
     `to_space`; also returns the NFE of one call."""
     updates, nfe = sampling.check_pc(sde, predictor, corrector, probability_flow, n_steps)
-    inverse_scaler = inverse_scaler or sampling._identity
+    inverse_scaler = inverse_scaler or common.identity
 
     @jax.jit
     def impute(key, data, known):
         project = _imputation(sde, data, known, to_space, from_space)
         prior_key, loop_key = jax.random.split(key)
-        x = sampling._constrain(sde.prior_sampling(prior_key, data.shape), sharding)
+        x = common.constrain(sde.prior_sampling(prior_key, data.shape), sharding)
         # Departure: the known part starts from the data perturbed to T, not the clean data
         # of the original (out of distribution at t = T; score_sde_pytorch#39).
         vec_T = jnp.full((data.shape[0],), sde.T, data.dtype)
@@ -323,7 +326,7 @@ def get_pc_inpainter(
       space, `mask` broadcastable to it with 1 (any nonzero) on known pixels and 0 on the ones
       to fill; `x` (after `inverse_scaler`) equals `inverse_scaler(data)` exactly where known.
     """
-    identity = sampling._identity
+    identity = common.identity
     impute, nfe = _get_pc_imputer(
         sde,
         score_fn,
@@ -342,7 +345,7 @@ def get_pc_inpainter(
 
     def inpainter(key, data, mask):
         data = jnp.asarray(data)
-        sampling._check_shape(data.shape)
+        common.check_shape(data.shape)
         try:
             known = jnp.broadcast_to(jnp.asarray(mask) != 0, data.shape)
         except ValueError as e:

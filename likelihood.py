@@ -22,6 +22,7 @@ import numpy as np
 from jax import Array
 
 import sampling
+from models import utils as mutils
 
 HUTCHINSON_TYPES = ("Rademacher", "Gaussian")
 
@@ -128,7 +129,6 @@ def get_model_likelihood_fn(sde, model, inverse_scaler, *, hutchinson_type="Rade
 
     As the original, the network is queried as a continuous-time model (`continuous=True`).
     """
-    from models import utils as mutils
 
     def bpd_fn(key, params, x):
         score_fn = mutils.get_score_fn(sde, model, params, train=False, continuous=True)

@@ -1,6 +1,9 @@
 """Samplers: predictor-corrector (Algorithms 1-5 of Song et al. 2021) and the probability-flow ODE.
 
 Pure math on arrays and a `score_fn(x, t)`; every loop runs on device (`lax.fori_loop`, diffrax).
+`get_sampler(name, sde, score_fn, shape, **options)` builds any sampler by name, those of
+`samplers/` (DPM-Solver, DDIM, Heun, adaptive) included; `get_sampling_fn(config, ...)`, the
+paper's entry point, is the only function here that reads a config.
 
 Predictors and correctors are plain functions
   `update(key, x, t, *, sde, score_fn, ...) -> (x, x_mean)`
@@ -29,14 +32,11 @@ import jax.numpy as jnp
 from jax import Array
 
 import sde_lib
-import sde_solvers
+from models import utils as mutils
+from samplers import common, fast_samplers, sde_solvers
 from sde_lib import batch_bcast
 
 ScoreFn = Callable[[Array, Array], Array]
-
-
-def _identity(x: Array) -> Array:
-    return x
 
 
 # --------------------------------------------------------------------------------------------
@@ -72,7 +72,7 @@ def reverse_diffusion_update(key, x, t, *, sde, score_fn, probability_flow=False
 
 def _ancestral_ve(key, x, t, *, sde, score_fn):
     # SMLD ancestral step between sigma_i and sigma_{i-1} (paper Eq. 47).
-    i = sde_lib._timestep(t, sde.N, sde.T)
+    i = sde_lib.timestep_index(t, sde.N, sde.T)
     sigmas = jnp.asarray(sde.discrete_sigmas, x.dtype)
     sigma = sigmas[i]
     adjacent_sigma = jnp.where(i == 0, jnp.zeros_like(sigma), sigmas[i - 1])
@@ -85,7 +85,7 @@ def _ancestral_ve(key, x, t, *, sde, score_fn):
 
 def _ancestral_vp(key, x, t, *, sde, score_fn):
     # DDPM ancestral step (Ho et al. 2020, Alg. 2, with the score in place of -eps/std).
-    i = sde_lib._timestep(t, sde.N, sde.T)
+    i = sde_lib.timestep_index(t, sde.N, sde.T)
     beta = jnp.asarray(sde.discrete_betas, x.dtype)[i]
     score = score_fn(x, t)
     x_mean = (x + batch_bcast(beta, x) * score) / batch_bcast(jnp.sqrt(1.0 - beta), x)
@@ -135,7 +135,7 @@ PREDICTOR_NFE = {"none": 0, **sde_solvers.NFE_PER_STEP}
 def _langevin_alpha(sde, t: Array) -> Array:
     """The DDPM `alpha_i` for VP/sub-VP (scales the step, paper Alg. 5); 1 for VE."""
     if isinstance(sde, (sde_lib.VPSDE, sde_lib.subVPSDE)):
-        return jnp.asarray(sde.alphas, t.dtype)[sde_lib._timestep(t, sde.N, sde.T)]
+        return jnp.asarray(sde.alphas, t.dtype)[sde_lib.timestep_index(t, sde.N, sde.T)]
     return jnp.ones_like(t)
 
 
@@ -206,18 +206,6 @@ def get_corrector(name: str):
     return CORRECTORS[name]
 
 
-def _check_shape(shape) -> tuple[int, ...]:
-    shape = tuple(int(s) for s in shape)
-    if len(shape) < 2:
-        raise ValueError(f"shape must be (batch, ...) with at least 2 dims, got {shape}")
-    return shape
-
-
-def _constrain(x: Array, sharding) -> Array:
-    """Places the batch on `sharding` inside jit (works for Auto and Explicit mesh axes)."""
-    return x if sharding is None else jax.device_put(x, sharding)
-
-
 # --------------------------------------------------------------------------------------------
 # Predictor-corrector sampler.
 # --------------------------------------------------------------------------------------------
@@ -267,7 +255,7 @@ def pc_step(i, carry, key, *, sde, score_fn, updates, snr, n_steps, probability_
         p_key, x, vec_t, sde=sde, score_fn=score_fn, probability_flow=probability_flow
     )
     x, x_mean = project(p_proj_key, x, x_mean, vec_t)
-    return _constrain(x, sharding), _constrain(x_mean, sharding)
+    return common.constrain(x, sharding), common.constrain(x_mean, sharding)
 
 
 def pc_loop(key, x, **step_kwargs):
@@ -311,9 +299,9 @@ def get_pc_sampler(
     Returns:
       `sampler(key) -> (x, nfe)`, jitted; `nfe` is the number of score evaluations.
     """
-    shape = _check_shape(shape)
+    shape = common.check_shape(shape)
     updates, nfe = check_pc(sde, predictor, corrector, probability_flow, n_steps)
-    inverse_scaler = inverse_scaler or _identity
+    inverse_scaler = inverse_scaler or common.identity
     loop = functools.partial(
         pc_loop, sde=sde, score_fn=score_fn, updates=updates, snr=snr, n_steps=n_steps,
         probability_flow=probability_flow, eps=eps, sharding=sharding,
@@ -322,7 +310,7 @@ def get_pc_sampler(
     @jax.jit
     def pc_sampler(key):
         prior_key, loop_key = jax.random.split(key)
-        x = _constrain(sde.prior_sampling(prior_key, shape), sharding)
+        x = common.constrain(sde.prior_sampling(prior_key, shape), sharding)
         x, x_mean = loop(loop_key, x)
         return inverse_scaler(x_mean if denoise else x)
 
@@ -397,8 +385,8 @@ def get_ode_sampler(
       `sampler(key, z=None) -> (x, nfe)`: draws the latent from the prior unless `z` is given
       (decoding a latent from `likelihood` inverts the encoding up to solver tolerance).
     """
-    shape = _check_shape(shape)
-    inverse_scaler = inverse_scaler or _identity
+    shape = common.check_shape(shape)
+    inverse_scaler = inverse_scaler or common.identity
     rsde = sde.reverse(score_fn, probability_flow=True)
 
     def drift(t, x):
@@ -408,7 +396,7 @@ def get_ode_sampler(
     def ode_sampler(key, z):
         prior_key, denoise_key = jax.random.split(key)
         x = sde.prior_sampling(prior_key, shape) if z is None else z
-        x = _constrain(x, sharding)
+        x = common.constrain(x, sharding)
         x, nfe = solve_ode(drift, x, sde.T, eps, rtol=rtol, atol=atol, method=method)
         if denoise:
             # One reverse-diffusion step at t=eps without noise (the original's denoise step).
@@ -426,96 +414,131 @@ def get_ode_sampler(
 
 
 # --------------------------------------------------------------------------------------------
-# Config-level wrapper (the original `get_sampling_fn`).
+# Samplers by name, and the config entry point (the original `get_sampling_fn`).
 # --------------------------------------------------------------------------------------------
 
-# `config.sampling.method` values; the fast samplers live in fast_samplers.py / sde_solvers.py.
-SAMPLING_METHODS = ("pc", "ode", "dpm_solver", "ddim", "heun", "adaptive")
+# `config.sampling.method` -> factory `(sde, score_fn, shape, **options) -> sampler`.
+SAMPLER_FACTORIES = {
+    "pc": get_pc_sampler,
+    "ode": get_ode_sampler,
+    "dpm_solver": fast_samplers.get_dpm_solver_sampler,
+    "ddim": fast_samplers.get_ddim_sampler,
+    "heun": fast_samplers.get_heun_sampler,
+    "adaptive": sde_solvers.get_adaptive_sampler,
+}
+SAMPLING_METHODS = tuple(SAMPLER_FACTORIES)
+# Methods that integrate the probability-flow ODE: like the original ODE sampler, they query
+# the model as a continuous-time one; the SDE samplers follow `config.training.continuous`.
+ODE_METHODS = ("ode", "dpm_solver", "ddim", "heun")
+
+_REQUIRED = object()  # A field every config sets (configs/default_*_configs.py).
+_FAST_FIELDS = {"steps": ("steps", 20), "denoise": ("fast_denoise", False)}
+# The `config.sampling` fields of each method, as `sampler keyword: (field, default)`. The
+# fields beyond the original's have defaults, so the paper's configs need none of them.
+SAMPLING_FIELDS = {
+    "pc": {
+        "predictor": ("predictor", _REQUIRED),
+        "corrector": ("corrector", _REQUIRED),
+        "snr": ("snr", _REQUIRED),
+        "n_steps": ("n_steps_each", _REQUIRED),
+        "probability_flow": ("probability_flow", _REQUIRED),
+        "denoise": ("noise_removal", _REQUIRED),
+    },
+    "ode": {
+        "denoise": ("noise_removal", _REQUIRED),
+        "rtol": ("rtol", 1e-5),
+        "atol": ("atol", 1e-5),
+    },
+    "dpm_solver": {
+        **_FAST_FIELDS,
+        "order": ("dpm_order", 2),
+        "method": ("dpm_method", "multistep"),
+        "algorithm": ("dpm_algorithm", "dpmsolver"),
+        "skip_type": ("skip_type", "logSNR"),
+        "thresholding": ("dpm_thresholding", False),
+    },
+    "ddim": {**_FAST_FIELDS, "skip_type": ("skip_type", "time_uniform")},
+    "heun": {**_FAST_FIELDS, "rho": ("heun_rho", 7.0), "variable": ("heun_variable", "t")},
+    "adaptive": {
+        "denoise": ("noise_removal", _REQUIRED),
+        "abstol": ("abstol", -1.0),  # < 0: one 8-bit level, from `config.data.centered`.
+        "reltol": ("reltol", 0.05),
+        "h_init": ("h_init", 0.01),
+    },
+}
 
 
-def _sampler_builder(config, sde, shape, inverse_scaler, eps, sharding):
-    """`(build(score_fn) -> sampler(key) -> (x, nfe), continuous)` for `config.sampling`.
+def get_sampler(name: str, sde, score_fn: ScoreFn, shape, **options):
+    """Builds the sampler `name` (a key of `SAMPLER_FACTORIES`) on a score function; no config.
 
-    `continuous` says how the model is queried: the ODE solvers use the continuous-time
-    label mapping, as the original ODE sampler does; the SDE samplers follow the config.
+    E.g. `get_sampler("ddim", sde, score_fn, shape, steps=10)`, or `get_sampler("pc", sde,
+    score_fn, shape, predictor="reverse_diffusion", corrector="langevin", snr=0.16)`.
+
+    Args:
+      name: 'pc', 'ode', 'dpm_solver', 'ddim', 'heun' or 'adaptive' (`SAMPLING_METHODS`).
+      sde, score_fn, shape: as `get_pc_sampler`.
+      **options: keyword arguments of that method's factory (`get_pc_sampler`,
+        `get_ode_sampler`, `fast_samplers.get_dpm_solver_sampler`, `get_ddim_sampler`,
+        `get_heun_sampler`, `sde_solvers.get_adaptive_sampler`).
+
+    Returns:
+      The factory's `sampler(key) -> (x, nfe)`.
+
+    Raises:
+      ValueError: for an unknown name, listing the valid ones.
     """
-    s = config.sampling
-    method = s.method.lower()
-    common = dict(eps=eps, inverse_scaler=inverse_scaler, sharding=sharding)
-    if method == "pc":
-        get_predictor(s.predictor)
-        get_corrector(s.corrector)
-        pc_options = dict(snr=s.snr, n_steps=s.n_steps_each, probability_flow=s.probability_flow)
-        return lambda score_fn: get_pc_sampler(
-            sde, score_fn, shape, s.predictor, s.corrector, **pc_options,
-            denoise=s.noise_removal, **common,
-        ), config.training.continuous  # fmt: skip
-    if method == "ode":
-        return lambda score_fn: get_ode_sampler(
-            sde, score_fn, shape, denoise=s.noise_removal, **common,
-            rtol=s.get("rtol", 1e-5), atol=s.get("atol", 1e-5),
-        ), True  # fmt: skip
-    if method in ("dpm_solver", "ddim", "heun"):
-        import fast_samplers
-
-        options = {"steps": s.get("steps", 20), "denoise": s.get("fast_denoise", False)}
-        if method == "dpm_solver":
-            options.update(
-                order=s.get("dpm_order", 2),
-                method=s.get("dpm_method", "multistep"),
-                algorithm=s.get("dpm_algorithm", "dpmsolver"),
-                skip_type=s.get("skip_type", "logSNR"),
-                thresholding=s.get("dpm_thresholding", False),
-            )
-        elif method == "ddim":
-            options.update(skip_type=s.get("skip_type", "time_uniform"))
-        else:
-            options.update(rho=s.get("heun_rho", 7.0), variable=s.get("heun_variable", "t"))
-        return lambda score_fn: fast_samplers.get_fast_sampler(
-            method, sde, score_fn, shape, **options, **common
-        ), True  # fmt: skip
-    if method == "adaptive":
-        # One 8-bit level in model units, as the paper's runs: 2/255 on [-1, 1], 1/255 on [0, 1].
-        abstol = s.get("abstol", -1.0)
-        abstol = (0.0078 if config.data.centered else 0.0039) if abstol < 0 else abstol
-        options = {
-            "abstol": abstol,
-            "reltol": s.get("reltol", 0.05),
-            "h_init": s.get("h_init", 0.01),
-        }
-        return lambda score_fn: sde_solvers.get_adaptive_sampler(
-            sde, score_fn, shape, denoise=s.noise_removal, **options, **common
-        ), config.training.continuous  # fmt: skip
-    raise ValueError(
-        f"Unknown config.sampling.method {s.method!r}; valid: {list(SAMPLING_METHODS)}"
-    )
+    if name not in SAMPLER_FACTORIES:
+        raise ValueError(f"Unknown sampler {name!r}; valid: {list(SAMPLER_FACTORIES)}")
+    return SAMPLER_FACTORIES[name](sde, score_fn, shape, **options)
 
 
 def get_sampling_fn(config, sde, model, shape, inverse_scaler, eps, sharding=None, score_sde=None):
     """Builds `sampling_fn(key, params) -> (x, nfe)` from `config.sampling` for a Flax model.
 
+    The one function of this module that reads a config: it turns the fields of
+    `SAMPLING_FIELDS[config.sampling.method]` into keyword options of `get_sampler`.
     `config.sampling.method`:
       * 'pc': predictor, corrector, snr, n_steps_each, probability_flow, noise_removal;
       * 'ode': diffrax Dopri5 at rtol = atol = 1e-5 (`sampling.rtol/atol` if set),
         denoise = noise_removal;
-      * 'dpm_solver' / 'ddim' / 'heun' (fast_samplers.py): `sampling.steps` (NFE budget;
-        Heun's number of intervals), `dpm_order`, `dpm_method`, `dpm_algorithm`, `skip_type`,
-        `heun_rho`, `heun_variable`, `fast_denoise` (final x0 prediction, one more NFE);
-      * 'adaptive' (sde_solvers.py, "Gotta Go Fast"): `sampling.abstol`, `reltol`.
-    The fields beyond the original's are read with defaults, so the paper's configs need none.
-    As the original, the ODE paths query the model as a continuous one. The function is jitted
-    once; params are an argument, so new params do not recompile.
+      * 'dpm_solver' / 'ddim' / 'heun' (samplers/fast_samplers.py): `sampling.steps` (NFE
+        budget; Heun's number of intervals), `dpm_order`, `dpm_method`, `dpm_algorithm`,
+        `skip_type`, `dpm_thresholding`, `heun_rho`, `heun_variable`, `fast_denoise` (final x0
+        prediction, one more NFE);
+      * 'adaptive' (samplers/sde_solvers.py, "Gotta Go Fast"): `sampling.abstol`, `reltol`,
+        `h_init`, denoise = noise_removal.
+    As the original, the ODE paths (`ODE_METHODS`) query the model as a continuous one. The
+    function is jitted once; params are an argument, so new params do not recompile.
     `score_sde` (default `sde`) is the SDE the model was trained with: the score function maps
     t to the model's labels with its N, so sampling with another N (Table 1's P2000) queries a
     discrete-time model at `s(x, i N_train / N)`, the paper's interpolation.
-    """
-    from models import utils as mutils
 
-    build, continuous = _sampler_builder(config, sde, shape, inverse_scaler, eps, sharding)
+    Raises:
+      ValueError: an unknown method, predictor or corrector (listing the valid names).
+    """
+    s = config.sampling
+    method = s.method.lower()
+    if method not in SAMPLER_FACTORIES:
+        raise ValueError(
+            f"Unknown config.sampling.method {s.method!r}; valid: {list(SAMPLING_METHODS)}"
+        )
+    options = {
+        name: s[field] if default is _REQUIRED else s.get(field, default)
+        for name, (field, default) in SAMPLING_FIELDS[method].items()
+    }
+    if method == "pc":
+        # Unknown names fail here, not at the first call.
+        get_predictor(options["predictor"])
+        get_corrector(options["corrector"])
+    if method == "adaptive" and options["abstol"] < 0:
+        # One 8-bit level in model units, as the paper's runs: 2/255 on [-1, 1], 1/255 on [0, 1].
+        options["abstol"] = 0.0078 if config.data.centered else 0.0039
+    options.update(eps=eps, inverse_scaler=inverse_scaler, sharding=sharding)
+    continuous = True if method in ODE_METHODS else config.training.continuous
     score_sde = sde if score_sde is None else score_sde
 
     def sampling_fn(key, params):
         score_fn = mutils.get_score_fn(score_sde, model, params, train=False, continuous=continuous)
-        return build(score_fn)(key)
+        return get_sampler(method, sde, score_fn, shape, **options)(key)
 
     return jax.jit(sampling_fn)

@@ -140,8 +140,11 @@ class ReverseSDE:
         return rev_f, rev_G
 
 
-def _timestep(t: Array, N: int, T: float) -> Array:
-    """Discrete index `int(t (N - 1) / T)` of the original code (floors, does not round)."""
+def timestep_index(t: Array, N: int, T: float) -> Array:
+    """Discrete index `int(t (N - 1) / T)` of the original code (floors, does not round).
+
+    Indexes the DDPM / SMLD tables (`discrete_betas`, `alphas`, `discrete_sigmas`) at `t` `[B]`.
+    """
     return (t * (N - 1) / T).astype(jnp.int32)
 
 
@@ -182,8 +185,9 @@ class _DDPMTables:
         """Continuous `beta(t) = beta_min + t (beta_max - beta_min)`."""
         return self.beta_min + t * (self.beta_max - self.beta_min)
 
-    def _log_mean_coeff(self, t: Array) -> Array:
-        """`log alpha(t) = -t^2 (beta_max - beta_min)/4 - t beta_min / 2`."""
+    def log_mean_coeff(self, t: Array) -> Array:
+        """Log of the marginal mean coefficient, `log alpha(t) = -t^2 (beta_max - beta_min)/4 -
+        t beta_min / 2` (`x(t) = alpha(t) x(0) + std(t) z`), any shape of `t`."""
         return -0.25 * t**2 * (self.beta_max - self.beta_min) - 0.5 * t * self.beta_min
 
     def _drift(self, x: Array, t: Array) -> tuple[Array, Array]:
@@ -195,7 +199,7 @@ class _DDPMTables:
     def _mean(self, x: Array, t: Array) -> tuple[Array, Array]:
         """The shared marginal mean `exp(lmc) x`, and `lmc`."""
         _check_t(x, t)
-        lmc = self._log_mean_coeff(t)
+        lmc = self.log_mean_coeff(t)
         return batch_bcast(jnp.exp(lmc), x) * x, lmc
 
     def prior_sampling(self, key: Array, shape: tuple[int, ...]) -> Array:
@@ -224,7 +228,7 @@ class VPSDE(_DDPMTables, SDE):
     def discretize(self, x: Array, t: Array) -> tuple[Array, Array]:
         """DDPM discretization: `x_{i+1} = sqrt(1 - beta_i) x_i + sqrt(beta_i) z` (App. B)."""
         _check_t(x, t)
-        i = _timestep(t, self.N, self.T)
+        i = timestep_index(t, self.N, self.T)
         beta = jnp.asarray(self.discrete_betas)[i]
         alpha = jnp.asarray(self.alphas)[i]
         f = batch_bcast(jnp.sqrt(alpha), x) * x - x
@@ -292,7 +296,7 @@ class VESDE(SDE):
     def discretize(self, x: Array, t: Array) -> tuple[Array, Array]:
         """SMLD discretization: `x_{i+1} = x_i + sqrt(sigma_{i+1}^2 - sigma_i^2) z` (App. B)."""
         _check_t(x, t)
-        i = _timestep(t, self.N, self.T)
+        i = timestep_index(t, self.N, self.T)
         sigmas = jnp.asarray(self.discrete_sigmas)
         sigma = sigmas[i]
         adjacent_sigma = jnp.where(i == 0, jnp.zeros_like(sigma), sigmas[i - 1])

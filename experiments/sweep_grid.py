@@ -21,8 +21,8 @@ from typing import Any
 import ml_collections
 from absl import logging
 
-import fast_samplers
 import sampling
+from samplers import fast_samplers
 
 # Table 1 rows: a predictor name, or 'probability_flow' (reverse diffusion on the flow ODE).
 TABLE1_ROWS = ("ancestral_sampling", "reverse_diffusion", "probability_flow", "euler_maruyama")

@@ -5,7 +5,8 @@
   `score_fn(x, t)` with the paper's per-SDE label and output scaling.
 * `get_sigmas`, `get_ddpm_params`: the discrete noise tables the original models and losses use.
 
-Model modules are imported lazily inside the builders, so `import models` costs only flax/jax.
+Model modules are imported lazily inside the builders, so `import models` costs only flax/jax
+(and `sde_lib`, the bottom layer, which imports jax and numpy only).
 """
 
 from collections.abc import Callable
@@ -15,6 +16,8 @@ import flax.linen as nn
 import numpy as np
 from jax import Array
 from jax import numpy as jnp
+
+import sde_lib
 
 # Labels of a continuous VP / sub-VP model are 999 t: the time embedding expects the range of
 # the DDPM time-step index (0 .. 999).
@@ -186,11 +189,6 @@ def get_model_fn(
     return model_fn
 
 
-def _bcast(v: Array, x: Array) -> Array:
-    """[B] -> [B, 1, ..., 1] matching the rank of `x`."""
-    return v.reshape((x.shape[0],) + (1,) * (x.ndim - 1))
-
-
 def get_score_fn(
     sde,
     model: nn.Module,
@@ -223,8 +221,6 @@ def get_score_fn(
     Raises:
       NotImplementedError: an SDE class other than the three above.
     """
-    import sde_lib  # lazy: `import models` stays free of the SDE code
-
     model_fn = get_model_fn(model, params, states, train=train)
 
     if isinstance(sde, (sde_lib.VPSDE, sde_lib.subVPSDE)):
@@ -240,7 +236,7 @@ def get_score_fn(
                 table = jnp.asarray(sqrt_1m_alphas_cumprod, dtype=x.dtype)
                 std = table[labels.astype(jnp.int32)]
             out = model_fn(x, labels, key)
-            return -out / _bcast(std, x)
+            return -out / sde_lib.batch_bcast(std, x)
 
     elif isinstance(sde, sde_lib.VESDE):
 

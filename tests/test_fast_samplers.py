@@ -14,8 +14,8 @@ import pytest
 from jax.sharding import NamedSharding
 from jax.sharding import PartitionSpec as P
 
-import fast_samplers as fs
 import sde_lib
+from samplers import fast_samplers as fs
 
 SHAPE = (4096, 2)
 
@@ -200,7 +200,7 @@ def _local_error(update, h):
     sde = analytic.SDES["vpsde"]
     z = sde.prior_sampling(jax.random.key(5), (8, 2))
     lams = fs.marginal_lambda(sde, jnp.asarray(0.3)) + h * jnp.arange(-2, 2)
-    pts = fs._points(sde, fs.inverse_lambda(sde, lams))
+    pts = fs.schedule_points(sde, fs.inverse_lambda(sde, lams))
     xs = [_exact_flow(sde, z, pts.t[i]) for i in range(4)]
     return jnp.max(jnp.abs(update(xs, pts) - xs[3]))
 
@@ -208,9 +208,9 @@ def _local_error(update, h):
 def _multistep_step(param, k):
     def update(xs, pts):
         hist = [2, 1, 0][:k]  # newest first
-        ms = tuple(param.model(xs[i], fs._at(pts, i)) for i in hist)
-        ps = tuple(fs._at(pts, i) for i in hist)
-        return fs._multistep_update(k, param, xs[2], ms, ps, fs._at(pts, 3))
+        ms = tuple(param.model(xs[i], fs.point_at(pts, i)) for i in hist)
+        ps = tuple(fs.point_at(pts, i) for i in hist)
+        return fs.multistep_update(k, param, xs[2], ms, ps, fs.point_at(pts, 3))
 
     return update
 
@@ -221,7 +221,7 @@ def _singlestep_step(param, k):
         sde = analytic.SDES["vpsde"]
         lam_s, lam_t = [fs.marginal_lambda(sde, pts.t[i]) for i in (2, 3)]
         inner = fs.inverse_lambda(sde, lam_s + (lam_t - lam_s) * jnp.linspace(0, 1, k + 1))
-        return fs._single_update(k, param, xs[2], fs._points(sde, inner))
+        return fs.singlestep_update(k, param, xs[2], fs.schedule_points(sde, inner))
 
     return update
 
@@ -232,7 +232,7 @@ def test_local_truncation_order_of_each_update():
     2.98-3.06, 3.90-4.25 for k = 1, 2, 3 (the official 3M update measures 3.3, tending to 3.0)."""
     score_fn = analytic.exact_score_fn(analytic.SDES["vpsde"])
     updates = [
-        make(fs._Param(score_fn, algorithm == "dpmsolver++"), k)
+        make(fs.Parameterization(score_fn, algorithm == "dpmsolver++"), k)
         for algorithm in fs.ALGORITHMS
         for make in (_multistep_step, _singlestep_step)
         for k in (1, 2, 3)

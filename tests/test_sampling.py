@@ -13,6 +13,7 @@ S / sqrt(8192) = 0.0033 and of the std about 0.8 %. Tolerances (measured errors 
   * probability-flow ODE (Dopri5, rtol = atol = 1e-5): 0.02 / 0.02.
 """
 
+import inspect
 import itertools
 
 import analytic
@@ -25,7 +26,8 @@ from jax.sharding import PartitionSpec as P
 
 import sampling
 import sde_lib
-import sde_solvers
+from configs.testing import ddpmpp_tiny
+from samplers import fast_samplers, sde_solvers
 
 SHAPE = (4096, 2)
 
@@ -315,8 +317,6 @@ class _CountingModel:
     ],
 )
 def test_get_sampling_fn_methods_report_real_nfe(method, fields):
-    from configs.testing import ddpmpp_tiny
-
     config = ddpmpp_tiny.get_config()
     with config.unlocked():
         config.sampling.method = method
@@ -336,9 +336,32 @@ def test_get_sampling_fn_methods_report_real_nfe(method, fields):
 
 
 def test_get_sampling_fn_unknown_method_lists_valid_ones():
-    from configs.testing import ddpmpp_tiny
-
     config = ddpmpp_tiny.get_config()
     config.sampling.method = "dpm-solver"
     with pytest.raises(ValueError, match="dpm_solver.*heun.*adaptive"):
         sampling.get_sampling_fn(config, sde_lib.VPSDE(N=25), None, (2, 4, 4, 1), None, 1e-3)
+
+
+def test_sampling_fields_are_keywords_of_the_samplers():
+    """Every `config.sampling` field that get_sampling_fn reads lands on a keyword argument of
+    the method's factory, and every method has its fields."""
+    assert (
+        set(sampling.SAMPLING_FIELDS)
+        == set(sampling.SAMPLER_FACTORIES)
+        == set(sampling.SAMPLING_METHODS)
+    )
+    assert set(sampling.ODE_METHODS) <= set(sampling.SAMPLER_FACTORIES)
+    for method, fields in sampling.SAMPLING_FIELDS.items():
+        params = inspect.signature(sampling.SAMPLER_FACTORIES[method]).parameters
+        assert set(fields) | {"eps", "inverse_scaler", "sharding"} <= set(params), method
+
+
+def test_get_sampler_builds_by_name_without_a_config():
+    sde = analytic.SDES["vpsde"]
+    score_fn = analytic.exact_score_fn(sde)
+    x, nfe = sampling.get_sampler("ddim", sde, score_fn, (8, 2), steps=5)(jax.random.key(0))
+    y, _ = fast_samplers.get_ddim_sampler(sde, score_fn, (8, 2), steps=5)(jax.random.key(0))
+    np.testing.assert_array_equal(x, y)
+    assert int(nfe) == 5
+    with pytest.raises(ValueError, match="pc.*ode.*dpm_solver.*ddim.*heun.*adaptive"):
+        sampling.get_sampler("dpm", sde, score_fn, (8, 2))

@@ -125,7 +125,7 @@ def test_timestep_floors_like_the_original():
     """The discrete index is int(t (N - 1)), a floor: t just below 1 maps to N - 2."""
     sde = sde_lib.VPSDE(N=10)
     t = jnp.array([1.0, 0.999, 0.0, 0.5])
-    np.testing.assert_array_equal(sde_lib._timestep(t, sde.N, sde.T), [9, 8, 0, 4])
+    np.testing.assert_array_equal(sde_lib.timestep_index(t, sde.N, sde.T), [9, 8, 0, 4])
 
 
 @pytest.mark.parametrize("sde", ALL_SDES, ids=IDS)

@@ -28,7 +28,7 @@ from jax.sharding import PartitionSpec as P
 
 import sampling
 import sde_lib
-import sde_solvers
+from samplers import sde_solvers
 
 # --------------------------------------------------------------------------------------------
 # Orders on dX = a(X) dt + b(t) dW, b(t) = 1 + 2 t^2.

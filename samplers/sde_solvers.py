@@ -30,6 +30,7 @@ import jax
 import jax.numpy as jnp
 from jax import Array
 
+from samplers import common
 from sde_lib import batch_bcast
 
 DriftFn = Callable[[Array, Array], Array]
@@ -264,11 +265,6 @@ def adaptive_step(
     return AdaptiveState(x, x_prev, t, h_new, state.n_iter + 1, n_accept, n_reject)
 
 
-def _constrain(x: Array, sharding) -> Array:
-    """Places the batch on `sharding` inside jit (as `sampling._constrain`)."""
-    return x if sharding is None else jax.device_put(x, sharding)
-
-
 def adaptive_solve(
     key,
     x: Array,
@@ -310,7 +306,9 @@ def adaptive_solve(
     def body(state):
         step_key = jax.random.fold_in(key, state.n_iter)
         new = adaptive_step(step_key, state, sde=sde, score_fn=score_fn, **options)
-        return new._replace(x=_constrain(new.x, sharding), x_prev=_constrain(new.x_prev, sharding))
+        return new._replace(
+            x=common.constrain(new.x, sharding), x_prev=common.constrain(new.x_prev, sharding)
+        )
 
     return jax.lax.while_loop(cond, body, state)
 
@@ -326,12 +324,8 @@ def tweedie_denoise(sde, score_fn: ScoreFn, x: Array, eps: float) -> Array:
     return x + batch_bcast(std**2, x) * score_fn(x, t)
 
 
-def _check_adaptive_options(
-    sde, shape, *, abstol, reltol, h_init, safety, exp, eps, norm, max_steps
-):
+def _check_adaptive_options(sde, *, abstol, reltol, h_init, safety, exp, eps, norm, max_steps):
     """Raises a ValueError naming the first bad option and its valid range."""
-    if len(shape) < 2:
-        raise ValueError(f"shape must be (batch, ...) with at least 2 dims, got {shape}")
     if norm not in ERROR_NORMS:
         raise ValueError(f"Unknown error norm {norm!r}; valid norms: {sorted(ERROR_NORMS)}")
     checks = {
@@ -408,7 +402,7 @@ def get_adaptive_sampler(
       `sampler(key) -> (x, nfe)`, jitted; `nfe = 2 n_iter (+ 1 with denoise)` counts batched
       score calls (rejected proposals and frozen examples included).
     """
-    shape = tuple(int(s) for s in shape)
+    shape = common.check_shape(shape)
     options = dict(
         abstol=abstol,
         reltol=reltol,
@@ -419,13 +413,13 @@ def get_adaptive_sampler(
         norm=norm,
         max_steps=max_steps,
     )
-    _check_adaptive_options(sde, shape, **options)
-    inverse_scaler = inverse_scaler or (lambda x: x)
+    _check_adaptive_options(sde, **options)
+    inverse_scaler = inverse_scaler or common.identity
 
     @jax.jit
     def adaptive_sampler(key):
         prior_key, loop_key = jax.random.split(key)
-        x = _constrain(sde.prior_sampling(prior_key, shape), sharding)
+        x = common.constrain(sde.prior_sampling(prior_key, shape), sharding)
         state = adaptive_solve(
             loop_key, x, sde=sde, score_fn=score_fn, sharding=sharding, **options
         )

@@ -28,7 +28,7 @@ Official code consulted for the order schedules: LuChengTHU/dpm-solver `dpm_solv
 
 Departures from the official code, each noted at its line: the third-order multistep update
 doubles the official second difference (the official update is only locally O(h^3), see
-`_multistep_update`); `denoise` costs one extra NFE, as the official `denoise_to_zero`.
+`multistep_update`); `denoise` costs one extra NFE, as the official `denoise_to_zero`.
 """
 
 from __future__ import annotations
@@ -43,7 +43,7 @@ import numpy as np
 from jax import Array
 
 import sde_lib
-from sampling import _check_shape, _constrain, _identity
+from samplers import common
 from sde_lib import batch_bcast
 
 ScoreFn = Callable[[Array, Array], Array]
@@ -54,13 +54,13 @@ ScoreFn = Callable[[Array, Array], Array]
 
 
 def _vp_log_alpha_sigma(sde, t):
-    log_alpha = sde._log_mean_coeff(t)
+    log_alpha = sde.log_mean_coeff(t)
     # log sigma = log(1 - alpha^2) / 2 with expm1: no cancellation near t = 0.
     return log_alpha, 0.5 * jnp.log(-jnp.expm1(2.0 * log_alpha))
 
 
 def _subvp_log_alpha_sigma(sde, t):
-    log_alpha = sde._log_mean_coeff(t)
+    log_alpha = sde.log_mean_coeff(t)
     return log_alpha, jnp.log(-jnp.expm1(2.0 * log_alpha))  # sigma = 1 - alpha^2 (Eq. 12).
 
 
@@ -172,7 +172,7 @@ def get_time_steps(sde, skip_type: str, t_start: Array, t_end: Array, n: int) ->
     return ts.at[..., 0].set(t_start[..., 0]).at[..., -1].set(t_end[..., 0])
 
 
-class _Points(NamedTuple):
+class Points(NamedTuple):
     """Times and their schedule values, arrays of one shape (a pytree, indexable in scans)."""
 
     t: Array
@@ -180,11 +180,13 @@ class _Points(NamedTuple):
     log_sigma: Array
 
 
-def _points(sde, t: Array) -> _Points:
-    return _Points(t, *log_alpha_sigma(sde, t))
+def schedule_points(sde, t: Array) -> Points:
+    """`Points` of the times `t` (any shape): `t` with `log_alpha_sigma(sde, t)`."""
+    return Points(t, *log_alpha_sigma(sde, t))
 
 
-def _at(points: _Points, i) -> _Points:
+def point_at(points: Points, i) -> Points:
+    """The entries `i` (an index or a slice) of every field of `points`."""
     return jax.tree.map(lambda v: v[i], points)
 
 
@@ -213,14 +215,18 @@ def dynamic_thresholding(x0: Array, ratio: float = 0.995, max_val: float = 1.0) 
     return jnp.clip(x0, -s, s) / s
 
 
-class _Param(NamedTuple):
-    """The prediction type: model evaluation and the ratio / coefficient / signed step."""
+class Parameterization(NamedTuple):
+    """The prediction type: model evaluation and the ratio / coefficient / signed step.
+
+    `Parameterization(score_fn, data=False)` is 'dpmsolver' (noise prediction), `data=True`
+    'dpmsolver++' (data prediction); `singlestep_update` / `multistep_update` take it.
+    """
 
     score_fn: ScoreFn
     data: bool  # True for 'dpmsolver++'.
     correct_x0: Callable[[Array], Array] | None = None  # e.g. dynamic thresholding.
 
-    def model(self, x: Array, p: _Points) -> Array:
+    def model(self, x: Array, p: Points) -> Array:
         score = self.score_fn(x, jnp.full((x.shape[0],), p.t, x.dtype))
         alpha, sigma = jnp.exp(p.log_alpha), jnp.exp(p.log_sigma)
         if self.data:
@@ -228,16 +234,16 @@ class _Param(NamedTuple):
             return x0 if self.correct_x0 is None else self.correct_x0(x0)
         return noise_prediction(score, sigma)
 
-    def hh(self, p_s: _Points, p_t: _Points) -> Array:
+    def hh(self, p_s: Points, p_t: Points) -> Array:
         h = (p_t.log_alpha - p_t.log_sigma) - (p_s.log_alpha - p_s.log_sigma)
         return -h if self.data else h
 
-    def ratio(self, p_s: _Points, p_t: _Points) -> Array:
+    def ratio(self, p_s: Points, p_t: Points) -> Array:
         if self.data:
             return jnp.exp(p_t.log_sigma - p_s.log_sigma)
         return jnp.exp(p_t.log_alpha - p_s.log_alpha)
 
-    def coef(self, p_t: _Points) -> Array:
+    def coef(self, p_t: Points) -> Array:
         return jnp.exp(p_t.log_alpha if self.data else p_t.log_sigma)
 
 
@@ -246,13 +252,13 @@ def _phi2(z: Array) -> Array:
     return jnp.expm1(z) / z - 1.0
 
 
-def _first_update(param: _Param, x, m_s, p_s, p_t):
+def _first_update(param: Parameterization, x, m_s, p_s, p_t):
     """DPM-Solver-1 = DDIM (DPM-Solver Eq. 3.7; DPM-Solver++ Eq. 5 at order 1)."""
     hh = param.hh(p_s, p_t)
     return param.ratio(p_s, p_t) * x - param.coef(p_t) * jnp.expm1(hh) * m_s
 
 
-def _single_update(order: int, param: _Param, x, ps: _Points):
+def singlestep_update(order: int, param: Parameterization, x, ps: Points):
     """One singlestep DPM-Solver-`order` step over `ps` = (s, [s1, [s2,]] t), `order` NFE.
 
     DPM-Solver Alg. 1 (order 2, r1 = 1/2 on the logSNR grid) and Alg. 2 (order 3, r1 = 1/3,
@@ -260,19 +266,19 @@ def _single_update(order: int, param: _Param, x, ps: _Points):
     The intermediate times come from the grid, so r1, r2 are read off their lambdas, as in the
     official code (they are 1/2, 1/3, 2/3 exactly for skip_type='logSNR').
     """
-    p_s, p_t = _at(ps, 0), _at(ps, -1)
+    p_s, p_t = point_at(ps, 0), point_at(ps, -1)
     m_s = param.model(x, p_s)
     x_t = _first_update(param, x, m_s, p_s, p_t)
     if order == 1:
         return x_t
     hh = param.hh(p_s, p_t)
-    p_1 = _at(ps, 1)
+    p_1 = point_at(ps, 1)
     r1 = param.hh(p_s, p_1) / hh
     # Intermediate point s1 by a first-order step, then the model there.
     m_1 = param.model(_first_update(param, x, m_s, p_s, p_1), p_1)
     if order == 2:
         return x_t - (0.5 / r1) * param.coef(p_t) * jnp.expm1(hh) * (m_1 - m_s)
-    p_2 = _at(ps, 2)
+    p_2 = point_at(ps, 2)
     r2 = param.hh(p_s, p_2) / hh
     # Second intermediate point s2 uses the first difference (Alg. 2, line 5).
     x_2 = _first_update(param, x, m_s, p_s, p_2)
@@ -281,7 +287,7 @@ def _single_update(order: int, param: _Param, x, ps: _Points):
     return x_t - (1.0 / r2) * param.coef(p_t) * _phi2(hh) * (m_2 - m_s)
 
 
-def _multistep_update(order: int, param: _Param, x, ms, ps: tuple[_Points, ...], p_t):
+def multistep_update(order: int, param: Parameterization, x, ms, ps: tuple[Points, ...], p_t):
     """Multistep DPM-Solver-`order` from `ps[0]` to `p_t`, no model evaluation.
 
     `ms`, `ps`: the last model outputs and their points, newest first. Order 2 is DPM-Solver++
@@ -382,40 +388,44 @@ def _run_singlestep(param, x, plan, sde, sharding):
     for k, inner in plan:  # At most three runs (orders 3, 2, 1): a static loop of scans.
 
         def body(x, t_inner, k=k):
-            return _constrain(_single_update(k, param, x, _points(sde, t_inner)), sharding), None
+            return common.constrain(
+                singlestep_update(k, param, x, schedule_points(sde, t_inner)), sharding
+            ), None
 
         x, _ = jax.lax.scan(body, x, inner)
     return x
 
 
-def _run_multistep(param, x, grid: _Points, orders: np.ndarray, order: int, sharding):
+def _run_multistep(param, x, grid: Points, orders: np.ndarray, order: int, sharding):
     """Multistep loop: one scan over steps 1..steps-1 (update, then evaluate), a last update."""
     steps = len(orders)
-    branches = [functools.partial(_multistep_update, k, param) for k in range(1, order + 1)]
+    branches = [functools.partial(multistep_update, k, param) for k in range(1, order + 1)]
 
     def history(i):
-        return tuple(_at(grid, jnp.maximum(i - j, 0)) for j in range(1, order + 1))
+        return tuple(point_at(grid, jnp.maximum(i - j, 0)) for j in range(1, order + 1))
 
     def body(carry, xs):
         x, ms = carry
         i, k = xs
-        x = jax.lax.switch(k - 1, branches, x, ms, history(i), _at(grid, i))
-        x = _constrain(x, sharding)
-        ms = (param.model(x, _at(grid, i)),) + ms[:-1]  # newest first
+        x = jax.lax.switch(k - 1, branches, x, ms, history(i), point_at(grid, i))
+        x = common.constrain(x, sharding)
+        ms = (param.model(x, point_at(grid, i)),) + ms[:-1]  # newest first
         return (x, ms), None
 
-    ms = (param.model(x, _at(grid, 0)),) * order
+    ms = (param.model(x, point_at(grid, 0)),) * order
     xs = (jnp.arange(1, steps), jnp.asarray(orders[:-1], jnp.int32))
     (x, ms), _ = jax.lax.scan(body, (x, ms), xs)
     # The last step needs no model evaluation after it (official code).
-    x = branches[int(orders[-1]) - 1](x, ms, history(steps), _at(grid, steps))
-    return _constrain(x, sharding)
+    x = branches[int(orders[-1]) - 1](x, ms, history(steps), point_at(grid, steps))
+    return common.constrain(x, sharding)
 
 
 def _finish(sde, score_fn, x, eps, nfe, denoise, inverse_scaler) -> tuple[Array, int]:
     if denoise:
         # One extra NFE: x0 prediction at t = eps (official `denoise_to_zero`).
-        x = _Param(score_fn, True).model(x, _points(sde, jnp.asarray(eps, x.dtype)))
+        x = Parameterization(score_fn, True).model(
+            x, schedule_points(sde, jnp.asarray(eps, x.dtype))
+        )
         nfe += 1
     return inverse_scaler(x), nfe
 
@@ -426,7 +436,7 @@ def _make_sampler(sde, shape, sharding, solve: Callable[[Array], Array]):
     @jax.jit
     def run(key, z):
         x = sde.prior_sampling(key, shape) if z is None else z
-        return solve(_constrain(x, sharding))
+        return solve(common.constrain(x, sharding))
 
     def sampler(key, z=None):
         if z is not None and tuple(z.shape) != shape:
@@ -478,16 +488,16 @@ def get_dpm_solver_sampler(
     Returns:
       `sampler(key, z=None) -> (x, nfe)`, jitted; `z` replaces the prior draw; `nfe` is an int.
     """
-    shape = _check_shape(shape)
+    shape = common.check_shape(shape)
     _validate(order, method, algorithm, skip_type, steps)
     _schedule(sde)  # Fails now, not at trace time, for an unsupported SDE.
     if thresholding and algorithm != "dpmsolver++":
         raise ValueError(
             f"thresholding needs algorithm='dpmsolver++' (data prediction), not {algorithm!r}"
         )
-    inverse_scaler = inverse_scaler or _identity
+    inverse_scaler = inverse_scaler or common.identity
     correct_x0 = dynamic_thresholding if thresholding else None
-    param = _Param(score_fn, algorithm == "dpmsolver++", correct_x0)
+    param = Parameterization(score_fn, algorithm == "dpmsolver++", correct_x0)
     orders = multistep_orders(steps, order, lower_order_final) if method == "multistep" else None
     # Singlestep (DPM-Solver-fast) orders sum to `steps`; the fixed variant drops the remainder.
     nfe = (steps // order) * order if method == "singlestep_fixed" else steps
@@ -495,7 +505,7 @@ def get_dpm_solver_sampler(
     def solve(x):
         t_T, t_0 = jnp.asarray(sde.T, x.dtype), jnp.asarray(eps, x.dtype)
         if method == "multistep":
-            grid = _points(sde, get_time_steps(sde, skip_type, t_T, t_0, steps))
+            grid = schedule_points(sde, get_time_steps(sde, skip_type, t_T, t_0, steps))
             x = _run_multistep(param, x, grid, orders, order, sharding)
         else:
             plan = _segments(sde, method, order, steps, skip_type, t_T, t_0)
@@ -546,7 +556,7 @@ def edm_time_steps(sde, steps: int, rho: float, eps, dtype=None) -> Array:
 HEUN_VARIABLES = ("t", "sigma")
 
 
-def _heun_loop(deriv, y, us, points: _Points, sharding):
+def _heun_loop(deriv, y, us, points: Points, sharding):
     """Heun steps over the grid `us` (EDM Alg. 1, lines 4-8), Euler on the last step."""
 
     def heun_step(y, xs):
@@ -554,12 +564,12 @@ def _heun_loop(deriv, y, us, points: _Points, sharding):
         d_cur = deriv(y, p_cur)
         y_euler = y + (u_next - u_cur) * d_cur  # Euler step.
         d_next = deriv(y_euler, p_next)  # Apply 2nd order correction.
-        return _constrain(y + (u_next - u_cur) * 0.5 * (d_cur + d_next), sharding), None
+        return common.constrain(y + (u_next - u_cur) * 0.5 * (d_cur + d_next), sharding), None
 
-    pairs = (us[:-2], us[1:-1], _at(points, slice(0, -2)), _at(points, slice(1, -1)))
+    pairs = (us[:-2], us[1:-1], point_at(points, slice(0, -2)), point_at(points, slice(1, -1)))
     y, _ = jax.lax.scan(heun_step, y, pairs)
     # Last step: Euler (EDM's last step goes to sigma = 0, where the derivative is undefined).
-    return _constrain(y + (us[-1] - us[-2]) * deriv(y, _at(points, -2)), sharding)
+    return common.constrain(y + (us[-1] - us[-2]) * deriv(y, point_at(points, -2)), sharding)
 
 
 def get_heun_sampler(
@@ -590,15 +600,15 @@ def get_heun_sampler(
     Returns:
       `sampler(key, z=None) -> (x, nfe)`, jitted.
     """
-    shape = _check_shape(shape)
+    shape = common.check_shape(shape)
     if int(steps) < 1:
         raise ValueError(f"steps must be >= 1, got {steps}")
     if variable not in HEUN_VARIABLES:
         raise ValueError(f"Unknown variable {variable!r}; valid variables: {list(HEUN_VARIABLES)}")
     _schedule(sde)
-    inverse_scaler = inverse_scaler or _identity
+    inverse_scaler = inverse_scaler or common.identity
     rsde = sde.reverse(score_fn, probability_flow=True)
-    param = _Param(score_fn, data=False)
+    param = Parameterization(score_fn, data=False)
     nfe = 2 * steps - 1
 
     def drift_t(x, p):
@@ -608,7 +618,7 @@ def get_heun_sampler(
         return param.model(jnp.exp(p.log_alpha) * y, p)  # dy/du = eps_theta(alpha y, t).
 
     def solve(x):
-        points = _points(sde, edm_time_steps(sde, steps, rho, eps, x.dtype))
+        points = schedule_points(sde, edm_time_steps(sde, steps, rho, eps, x.dtype))
         if variable == "t":
             x = _heun_loop(drift_t, x, points.t, points, sharding)
         else:
