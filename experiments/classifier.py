@@ -1,7 +1,7 @@
 """The noise-conditional classifier `p_t(y | x)` of class-conditional sampling (paper Sec. 5).
 
 Its config, loss on data perturbed by the score model's SDE, and training through the shared
-host loop (`training/loop.py`). The sampler that uses it is `controllable_generation.py`; the
+host loop (`training/loop.py`). The sampler that uses it is `samplers/controllable.py`; the
 command line that trains and runs it is `experiments/controllable.py`.
 """
 
@@ -18,8 +18,8 @@ from absl import logging
 import datasets
 import losses
 import utils
-from controllable_generation import noise_level
 from models import wideresnet_noise_conditional as wrn
+from samplers.controllable import noise_level
 from sde_lib import batch_bcast
 from training import checkpoints, devices, loop, score_model, steps
 from training.state import TrainState, new_train_state

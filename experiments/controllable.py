@@ -8,7 +8,7 @@
 writes `W/controllable/<mode>.png` (rows: input | mask | result) and `<mode>.npz` (uint8).
 The classifier lives in `--classifier_workdir` (default `W/classifier`); its hyperparameters are
 `experiments.classifier.get_classifier_config()`, overridable as `--classifier.model.depth=16`.
-The samplers are `controllable_generation.py` (math only).
+The samplers are `samplers/controllable.py` (math only).
 """
 
 from __future__ import annotations
@@ -26,15 +26,15 @@ from PIL import Image
 
 import datasets
 import utils
-from controllable_generation import (
+from experiments import classifier as classifier_lib
+from models import utils as mutils
+from samplers.controllable import (
     get_classifier_grad_fn,
     get_logit_fn,
     get_pc_colorizer,
     get_pc_conditional_sampler,
     get_pc_inpainter,
 )
-from experiments import classifier as classifier_lib
-from models import utils as mutils
 from training import checkpoints, score_model
 
 # --------------------------------------------------------------------------------------------

@@ -22,7 +22,7 @@ import ml_collections
 from absl import logging
 
 import sampling
-from samplers import fast_samplers
+from samplers import fast_samplers, schedules
 
 # Table 1 rows: a predictor name, or 'probability_flow' (reverse diffusion on the flow ODE).
 TABLE1_ROWS = ("ancestral_sampling", "reverse_diffusion", "probability_flow", "euler_maruyama")
@@ -86,7 +86,7 @@ SAMPLERS = {
             "order": (1, 2, 3),
             "method": fast_samplers.METHODS,
             "algorithm": fast_samplers.ALGORITHMS,
-            "skip_type": fast_samplers.SKIP_TYPES,
+            "skip_type": schedules.SKIP_TYPES,
             "thresholding": (True, False),
         },
     ),

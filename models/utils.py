@@ -18,6 +18,7 @@ from jax import Array
 from jax import numpy as jnp
 
 import sde_lib
+from models import ddpm, ncsnpp, ncsnv2
 
 # Labels of a continuous VP / sub-VP model are 999 t: the time embedding expects the range of
 # the DDPM time-step index (0 .. 999).
@@ -81,8 +82,6 @@ def _unet_kwargs(config) -> dict[str, Any]:
 
 
 def _ncsnpp_from_config(config) -> nn.Module:
-    from models import ncsnpp
-
     model = config.model
     embedding_type = model.embedding_type.lower()
     if embedding_type == "fourier" and not config.training.continuous:
@@ -108,8 +107,6 @@ def _ncsnpp_from_config(config) -> nn.Module:
 
 
 def _ddpm_from_config(config) -> nn.Module:
-    from models import ddpm
-
     model = config.model
     if model.get("normalization", "GroupNorm") != "GroupNorm":
         raise ValueError(
@@ -122,16 +119,6 @@ def _ddpm_from_config(config) -> nn.Module:
 
 
 def _ncsnv2_from_config(config) -> nn.Module:
-    try:
-        from models import ncsnv2
-    except ImportError as e:
-        raise NotImplementedError(
-            f"model {config.model.name!r} needs models/ncsnv2.py, which failed to import: {e}"
-        ) from e
-    if not hasattr(ncsnv2, "from_config"):
-        raise NotImplementedError(
-            f"model {config.model.name!r} needs models.ncsnv2.from_config, which does not exist"
-        )
     return ncsnv2.from_config(config)
 
 

@@ -5,7 +5,7 @@ Pure math on arrays and a `score_fn(x, t)` (`t` of shape `[B]`); every step loop
 
 Every SDE of `sde_lib` is linear, `x_t = alpha_t x_0 + sigma_t eps`, so the probability-flow ODE
 has the semi-linear form that DPM-Solver integrates exactly in its linear part. The schedule view
-of each SDE (`log_alpha_sigma`, `marginal_lambda`, `inverse_lambda`) is closed form:
+of each SDE (`schedules.log_alpha_sigma`, `schedules.marginal_lambda`, `schedules.inverse_lambda`) is closed form:
 
   * VP:     log alpha = -t^2 (b1 - b0)/4 - t b0/2,  sigma = sqrt(1 - alpha^2)
   * sub-VP: same alpha,                             sigma = 1 - alpha^2
@@ -42,153 +42,10 @@ import jax.numpy as jnp
 import numpy as np
 from jax import Array
 
-import sde_lib
-from samplers import common
+from samplers import common, schedules
 from sde_lib import batch_bcast
 
 ScoreFn = Callable[[Array, Array], Array]
-
-# --------------------------------------------------------------------------------------------
-# Noise-schedule view of the linear SDEs.
-# --------------------------------------------------------------------------------------------
-
-
-def _vp_log_alpha_sigma(sde, t):
-    log_alpha = sde.log_mean_coeff(t)
-    # log sigma = log(1 - alpha^2) / 2 with expm1: no cancellation near t = 0.
-    return log_alpha, 0.5 * jnp.log(-jnp.expm1(2.0 * log_alpha))
-
-
-def _subvp_log_alpha_sigma(sde, t):
-    log_alpha = sde.log_mean_coeff(t)
-    return log_alpha, jnp.log(-jnp.expm1(2.0 * log_alpha))  # sigma = 1 - alpha^2 (Eq. 12).
-
-
-def _ve_log_alpha_sigma(sde, t):
-    log_ratio = np.log(sde.sigma_max / sde.sigma_min)
-    return jnp.zeros_like(t), np.log(sde.sigma_min) + t * log_ratio
-
-
-def _t_from_neg_log_alpha(sde, c):
-    """Solves `(b1 - b0) t^2 / 4 + b0 t / 2 = c` (i.e. log alpha_t = -c) for t >= 0.
-
-    The root `4c / (sqrt(b0^2 + 4 (b1 - b0) c) + b0)` avoids the cancellation of the textbook
-    formula (the official code uses the same form).
-    """
-    b0, b1 = sde.beta_min, sde.beta_max
-    return 4.0 * c / (jnp.sqrt(b0**2 + 4.0 * (b1 - b0) * c) + b0)
-
-
-def _vp_inverse_lambda(sde, lam):
-    # alpha^2 = sigmoid(2 lambda)  =>  -log alpha = softplus(-2 lambda) / 2.
-    return _t_from_neg_log_alpha(sde, 0.5 * jax.nn.softplus(-2.0 * lam))
-
-
-def _subvp_inverse_lambda(sde, lam):
-    # alpha / (1 - alpha^2) = e^lambda  =>  1/alpha - alpha = e^-lambda  =>  -log alpha =
-    # asinh(e^-lambda / 2), stable for both signs of lambda.
-    return _t_from_neg_log_alpha(sde, jnp.arcsinh(0.5 * jnp.exp(-lam)))
-
-
-def _ve_inverse_lambda(sde, lam):
-    return (-lam - np.log(sde.sigma_min)) / np.log(sde.sigma_max / sde.sigma_min)
-
-
-# Exact types (subVPSDE is not a VPSDE subclass, but match exactly all the same).
-_SCHEDULES = {
-    sde_lib.VPSDE: (_vp_log_alpha_sigma, _vp_inverse_lambda),
-    sde_lib.subVPSDE: (_subvp_log_alpha_sigma, _subvp_inverse_lambda),
-    sde_lib.VESDE: (_ve_log_alpha_sigma, _ve_inverse_lambda),
-}
-
-
-def _schedule(sde):
-    if type(sde) not in _SCHEDULES:
-        valid = sorted(cls.__name__ for cls in _SCHEDULES)
-        raise ValueError(f"Fast samplers support the SDEs {valid}, not {type(sde).__name__}")
-    return _SCHEDULES[type(sde)]
-
-
-def log_alpha_sigma(sde, t: Array) -> tuple[Array, Array]:
-    """`(log alpha_t, log sigma_t)` of `x_t = alpha_t x_0 + sigma_t eps`, any shape of `t`.
-
-    Closed forms equal to `sde.marginal_prob` (mean coefficient, std), computed in log space.
-    """
-    return _schedule(sde)[0](sde, jnp.asarray(t))
-
-
-def alpha_sigma(sde, t: Array) -> tuple[Array, Array]:
-    """`(alpha_t, sigma_t)`: mean coefficient and std of p_{0t}, any shape of `t`."""
-    log_alpha, log_sigma = log_alpha_sigma(sde, t)
-    return jnp.exp(log_alpha), jnp.exp(log_sigma)
-
-
-def marginal_lambda(sde, t: Array) -> Array:
-    """Half log-SNR `lambda_t = log(alpha_t / sigma_t)` (DPM-Solver Sec. 3.1), any shape."""
-    log_alpha, log_sigma = log_alpha_sigma(sde, t)
-    return log_alpha - log_sigma
-
-
-def inverse_lambda(sde, lam: Array) -> Array:
-    """Closed-form inverse `t(lambda)` of `marginal_lambda`, any shape."""
-    return _schedule(sde)[1](sde, jnp.asarray(lam))
-
-
-def noise_prediction(score: Array, sigma: Array) -> Array:
-    """`eps_theta = -sigma_t score` (sigma broadcastable against score)."""
-    return -sigma * score
-
-
-def data_prediction(x: Array, score: Array, alpha: Array, sigma: Array) -> Array:
-    """`x0_theta = (x - sigma_t eps_theta) / alpha_t = (x + sigma_t^2 score) / alpha_t`."""
-    return (x - sigma * noise_prediction(score, sigma)) / alpha
-
-
-# --------------------------------------------------------------------------------------------
-# Time grids.
-# --------------------------------------------------------------------------------------------
-
-SKIP_TYPES = ("logSNR", "time_uniform", "time_quadratic")
-
-
-def get_time_steps(sde, skip_type: str, t_start: Array, t_end: Array, n: int) -> Array:
-    """`n + 1` times from `t_start` to `t_end` (`[..., n + 1]` for arrays of endpoints).
-
-    'logSNR' is uniform in lambda (DPM-Solver's choice for low resolution), 'time_uniform'
-    uniform in t, 'time_quadratic' uniform in sqrt(t) (DDIM's CIFAR-10 spacing). The endpoints
-    are returned exactly (the lambda round trip is not applied to them).
-    """
-    t_start, t_end = jnp.asarray(t_start)[..., None], jnp.asarray(t_end)[..., None]
-    frac = jnp.linspace(0.0, 1.0, n + 1, dtype=t_start.dtype)
-    if skip_type == "logSNR":
-        lam_s, lam_e = marginal_lambda(sde, t_start), marginal_lambda(sde, t_end)
-        ts = inverse_lambda(sde, lam_s + frac * (lam_e - lam_s))
-    elif skip_type == "time_uniform":
-        ts = t_start + frac * (t_end - t_start)
-    elif skip_type == "time_quadratic":
-        ts = (jnp.sqrt(t_start) + frac * (jnp.sqrt(t_end) - jnp.sqrt(t_start))) ** 2
-    else:
-        raise ValueError(f"Unknown skip_type {skip_type!r}; valid skip types: {list(SKIP_TYPES)}")
-    return ts.at[..., 0].set(t_start[..., 0]).at[..., -1].set(t_end[..., 0])
-
-
-class Points(NamedTuple):
-    """Times and their schedule values, arrays of one shape (a pytree, indexable in scans)."""
-
-    t: Array
-    log_alpha: Array
-    log_sigma: Array
-
-
-def schedule_points(sde, t: Array) -> Points:
-    """`Points` of the times `t` (any shape): `t` with `log_alpha_sigma(sde, t)`."""
-    return Points(t, *log_alpha_sigma(sde, t))
-
-
-def point_at(points: Points, i) -> Points:
-    """The entries `i` (an index or a slice) of every field of `points`."""
-    return jax.tree.map(lambda v: v[i], points)
-
 
 # --------------------------------------------------------------------------------------------
 # DPM-Solver updates. One code path serves both parameterisations: with `hh = h` (noise
@@ -226,24 +83,24 @@ class Parameterization(NamedTuple):
     data: bool  # True for 'dpmsolver++'.
     correct_x0: Callable[[Array], Array] | None = None  # e.g. dynamic thresholding.
 
-    def model(self, x: Array, p: Points) -> Array:
+    def model(self, x: Array, p: schedules.Points) -> Array:
         score = self.score_fn(x, jnp.full((x.shape[0],), p.t, x.dtype))
         alpha, sigma = jnp.exp(p.log_alpha), jnp.exp(p.log_sigma)
         if self.data:
-            x0 = data_prediction(x, score, alpha, sigma)
+            x0 = schedules.data_prediction(x, score, alpha, sigma)
             return x0 if self.correct_x0 is None else self.correct_x0(x0)
-        return noise_prediction(score, sigma)
+        return schedules.noise_prediction(score, sigma)
 
-    def hh(self, p_s: Points, p_t: Points) -> Array:
+    def hh(self, p_s: schedules.Points, p_t: schedules.Points) -> Array:
         h = (p_t.log_alpha - p_t.log_sigma) - (p_s.log_alpha - p_s.log_sigma)
         return -h if self.data else h
 
-    def ratio(self, p_s: Points, p_t: Points) -> Array:
+    def ratio(self, p_s: schedules.Points, p_t: schedules.Points) -> Array:
         if self.data:
             return jnp.exp(p_t.log_sigma - p_s.log_sigma)
         return jnp.exp(p_t.log_alpha - p_s.log_alpha)
 
-    def coef(self, p_t: Points) -> Array:
+    def coef(self, p_t: schedules.Points) -> Array:
         return jnp.exp(p_t.log_alpha if self.data else p_t.log_sigma)
 
 
@@ -258,7 +115,7 @@ def _first_update(param: Parameterization, x, m_s, p_s, p_t):
     return param.ratio(p_s, p_t) * x - param.coef(p_t) * jnp.expm1(hh) * m_s
 
 
-def singlestep_update(order: int, param: Parameterization, x, ps: Points):
+def singlestep_update(order: int, param: Parameterization, x, ps: schedules.Points):
     """One singlestep DPM-Solver-`order` step over `ps` = (s, [s1, [s2,]] t), `order` NFE.
 
     DPM-Solver Alg. 1 (order 2, r1 = 1/2 on the logSNR grid) and Alg. 2 (order 3, r1 = 1/3,
@@ -266,19 +123,19 @@ def singlestep_update(order: int, param: Parameterization, x, ps: Points):
     The intermediate times come from the grid, so r1, r2 are read off their lambdas, as in the
     official code (they are 1/2, 1/3, 2/3 exactly for skip_type='logSNR').
     """
-    p_s, p_t = point_at(ps, 0), point_at(ps, -1)
+    p_s, p_t = schedules.point_at(ps, 0), schedules.point_at(ps, -1)
     m_s = param.model(x, p_s)
     x_t = _first_update(param, x, m_s, p_s, p_t)
     if order == 1:
         return x_t
     hh = param.hh(p_s, p_t)
-    p_1 = point_at(ps, 1)
+    p_1 = schedules.point_at(ps, 1)
     r1 = param.hh(p_s, p_1) / hh
     # Intermediate point s1 by a first-order step, then the model there.
     m_1 = param.model(_first_update(param, x, m_s, p_s, p_1), p_1)
     if order == 2:
         return x_t - (0.5 / r1) * param.coef(p_t) * jnp.expm1(hh) * (m_1 - m_s)
-    p_2 = point_at(ps, 2)
+    p_2 = schedules.point_at(ps, 2)
     r2 = param.hh(p_s, p_2) / hh
     # Second intermediate point s2 uses the first difference (Alg. 2, line 5).
     x_2 = _first_update(param, x, m_s, p_s, p_2)
@@ -287,7 +144,9 @@ def singlestep_update(order: int, param: Parameterization, x, ps: Points):
     return x_t - (1.0 / r2) * param.coef(p_t) * _phi2(hh) * (m_2 - m_s)
 
 
-def multistep_update(order: int, param: Parameterization, x, ms, ps: tuple[Points, ...], p_t):
+def multistep_update(
+    order: int, param: Parameterization, x, ms, ps: tuple[schedules.Points, ...], p_t
+):
     """Multistep DPM-Solver-`order` from `ps[0]` to `p_t`, no model evaluation.
 
     `ms`, `ps`: the last model outputs and their points, newest first. Order 2 is DPM-Solver++
@@ -353,8 +212,10 @@ def _validate(order, method, algorithm, skip_type, steps):
         raise ValueError(f"Unknown method {method!r}; valid methods: {list(METHODS)}")
     if algorithm not in ALGORITHMS:
         raise ValueError(f"Unknown algorithm {algorithm!r}; valid algorithms: {list(ALGORITHMS)}")
-    if skip_type not in SKIP_TYPES:
-        raise ValueError(f"Unknown skip_type {skip_type!r}; valid skip types: {list(SKIP_TYPES)}")
+    if skip_type not in schedules.SKIP_TYPES:
+        raise ValueError(
+            f"Unknown skip_type {skip_type!r}; valid skip types: {list(schedules.SKIP_TYPES)}"
+        )
     if int(steps) < 1 or (method != "singlestep" and int(steps) < order):
         raise ValueError(f"steps={steps} is too small for method {method!r} with order {order}")
 
@@ -366,14 +227,16 @@ def _segments(sde, method, order, steps, skip_type, t_T, t_0):
     else:
         orders = singlestep_orders(steps, order)
     if skip_type == "logSNR" or method == "singlestep_fixed":
-        outer = get_time_steps(sde, skip_type, t_T, t_0, len(orders))
+        outer = schedules.get_time_steps(sde, skip_type, t_T, t_0, len(orders))
     else:
         # Official: the outer points are the NFE grid's points at the cumulative orders.
-        outer = get_time_steps(sde, skip_type, t_T, t_0, steps)[np.cumsum([0] + orders)]
+        outer = schedules.get_time_steps(sde, skip_type, t_T, t_0, steps)[np.cumsum([0] + orders)]
     plan, start = [], 0
     for k in sorted(set(orders), reverse=True):  # orders are non-increasing: runs of 3, 2, 1.
         n = orders.count(k)
-        inner = get_time_steps(sde, skip_type, outer[start : start + n], outer[start + 1 :][:n], k)
+        inner = schedules.get_time_steps(
+            sde, skip_type, outer[start : start + n], outer[start + 1 :][:n], k
+        )
         plan.append((k, inner))
         start += n
     return plan
@@ -389,34 +252,34 @@ def _run_singlestep(param, x, plan, sde, sharding):
 
         def body(x, t_inner, k=k):
             return common.constrain(
-                singlestep_update(k, param, x, schedule_points(sde, t_inner)), sharding
+                singlestep_update(k, param, x, schedules.schedule_points(sde, t_inner)), sharding
             ), None
 
         x, _ = jax.lax.scan(body, x, inner)
     return x
 
 
-def _run_multistep(param, x, grid: Points, orders: np.ndarray, order: int, sharding):
+def _run_multistep(param, x, grid: schedules.Points, orders: np.ndarray, order: int, sharding):
     """Multistep loop: one scan over steps 1..steps-1 (update, then evaluate), a last update."""
     steps = len(orders)
     branches = [functools.partial(multistep_update, k, param) for k in range(1, order + 1)]
 
     def history(i):
-        return tuple(point_at(grid, jnp.maximum(i - j, 0)) for j in range(1, order + 1))
+        return tuple(schedules.point_at(grid, jnp.maximum(i - j, 0)) for j in range(1, order + 1))
 
     def body(carry, xs):
         x, ms = carry
         i, k = xs
-        x = jax.lax.switch(k - 1, branches, x, ms, history(i), point_at(grid, i))
+        x = jax.lax.switch(k - 1, branches, x, ms, history(i), schedules.point_at(grid, i))
         x = common.constrain(x, sharding)
-        ms = (param.model(x, point_at(grid, i)),) + ms[:-1]  # newest first
+        ms = (param.model(x, schedules.point_at(grid, i)),) + ms[:-1]  # newest first
         return (x, ms), None
 
-    ms = (param.model(x, point_at(grid, 0)),) * order
+    ms = (param.model(x, schedules.point_at(grid, 0)),) * order
     xs = (jnp.arange(1, steps), jnp.asarray(orders[:-1], jnp.int32))
     (x, ms), _ = jax.lax.scan(body, (x, ms), xs)
     # The last step needs no model evaluation after it (official code).
-    x = branches[int(orders[-1]) - 1](x, ms, history(steps), point_at(grid, steps))
+    x = branches[int(orders[-1]) - 1](x, ms, history(steps), schedules.point_at(grid, steps))
     return common.constrain(x, sharding)
 
 
@@ -424,7 +287,7 @@ def _finish(sde, score_fn, x, eps, nfe, denoise, inverse_scaler) -> tuple[Array,
     if denoise:
         # One extra NFE: x0 prediction at t = eps (official `denoise_to_zero`).
         x = Parameterization(score_fn, True).model(
-            x, schedule_points(sde, jnp.asarray(eps, x.dtype))
+            x, schedules.schedule_points(sde, jnp.asarray(eps, x.dtype))
         )
         nfe += 1
     return inverse_scaler(x), nfe
@@ -490,7 +353,7 @@ def get_dpm_solver_sampler(
     """
     shape = common.check_shape(shape)
     _validate(order, method, algorithm, skip_type, steps)
-    _schedule(sde)  # Fails now, not at trace time, for an unsupported SDE.
+    schedules.check_sde(sde)  # Fails now, not at trace time, for an unsupported SDE.
     if thresholding and algorithm != "dpmsolver++":
         raise ValueError(
             f"thresholding needs algorithm='dpmsolver++' (data prediction), not {algorithm!r}"
@@ -505,7 +368,9 @@ def get_dpm_solver_sampler(
     def solve(x):
         t_T, t_0 = jnp.asarray(sde.T, x.dtype), jnp.asarray(eps, x.dtype)
         if method == "multistep":
-            grid = schedule_points(sde, get_time_steps(sde, skip_type, t_T, t_0, steps))
+            grid = schedules.schedule_points(
+                sde, schedules.get_time_steps(sde, skip_type, t_T, t_0, steps)
+            )
             x = _run_multistep(param, x, grid, orders, order, sharding)
         else:
             plan = _segments(sde, method, order, steps, skip_type, t_T, t_0)
@@ -543,20 +408,23 @@ def edm_time_steps(sde, steps: int, rho: float, eps, dtype=None) -> Array:
 
     `s_i = (s_max^(1/rho) + i/steps (s_min^(1/rho) - s_max^(1/rho)))^rho`, i = 0..steps, with
     s_max, s_min the noise-to-signal ratio at T and eps (EDM's sigma for VP), mapped back to t
-    through `inverse_lambda(-log s_i)`. Departure: EDM appends sigma = 0; we end at `eps`.
+    through `schedules.inverse_lambda(-log s_i)`. Departure: EDM appends sigma = 0; we end at `eps`.
     """
     t_T, t_0 = jnp.asarray(sde.T, dtype), jnp.asarray(eps, dtype)
-    s_max, s_min = jnp.exp(-marginal_lambda(sde, t_T)), jnp.exp(-marginal_lambda(sde, t_0))
+    s_max, s_min = (
+        jnp.exp(-schedules.marginal_lambda(sde, t_T)),
+        jnp.exp(-schedules.marginal_lambda(sde, t_0)),
+    )
     i = jnp.arange(steps + 1, dtype=t_T.dtype)
     ramp = s_max ** (1 / rho) + i / steps * (s_min ** (1 / rho) - s_max ** (1 / rho))
-    ts = inverse_lambda(sde, -rho * jnp.log(ramp))
+    ts = schedules.inverse_lambda(sde, -rho * jnp.log(ramp))
     return ts.at[0].set(t_T).at[-1].set(t_0)
 
 
 HEUN_VARIABLES = ("t", "sigma")
 
 
-def _heun_loop(deriv, y, us, points: Points, sharding):
+def _heun_loop(deriv, y, us, points: schedules.Points, sharding):
     """Heun steps over the grid `us` (EDM Alg. 1, lines 4-8), Euler on the last step."""
 
     def heun_step(y, xs):
@@ -566,10 +434,17 @@ def _heun_loop(deriv, y, us, points: Points, sharding):
         d_next = deriv(y_euler, p_next)  # Apply 2nd order correction.
         return common.constrain(y + (u_next - u_cur) * 0.5 * (d_cur + d_next), sharding), None
 
-    pairs = (us[:-2], us[1:-1], point_at(points, slice(0, -2)), point_at(points, slice(1, -1)))
+    pairs = (
+        us[:-2],
+        us[1:-1],
+        schedules.point_at(points, slice(0, -2)),
+        schedules.point_at(points, slice(1, -1)),
+    )
     y, _ = jax.lax.scan(heun_step, y, pairs)
     # Last step: Euler (EDM's last step goes to sigma = 0, where the derivative is undefined).
-    return common.constrain(y + (us[-1] - us[-2]) * deriv(y, point_at(points, -2)), sharding)
+    return common.constrain(
+        y + (us[-1] - us[-2]) * deriv(y, schedules.point_at(points, -2)), sharding
+    )
 
 
 def get_heun_sampler(
@@ -605,7 +480,7 @@ def get_heun_sampler(
         raise ValueError(f"steps must be >= 1, got {steps}")
     if variable not in HEUN_VARIABLES:
         raise ValueError(f"Unknown variable {variable!r}; valid variables: {list(HEUN_VARIABLES)}")
-    _schedule(sde)
+    schedules.check_sde(sde)
     inverse_scaler = inverse_scaler or common.identity
     rsde = sde.reverse(score_fn, probability_flow=True)
     param = Parameterization(score_fn, data=False)
@@ -618,7 +493,7 @@ def get_heun_sampler(
         return param.model(jnp.exp(p.log_alpha) * y, p)  # dy/du = eps_theta(alpha y, t).
 
     def solve(x):
-        points = schedule_points(sde, edm_time_steps(sde, steps, rho, eps, x.dtype))
+        points = schedules.schedule_points(sde, edm_time_steps(sde, steps, rho, eps, x.dtype))
         if variable == "t":
             x = _heun_loop(drift_t, x, points.t, points, sharding)
         else:

@@ -16,6 +16,7 @@ from jax.sharding import PartitionSpec as P
 
 import sde_lib
 from samplers import fast_samplers as fs
+from samplers import schedules
 
 SHAPE = (4096, 2)
 
@@ -43,12 +44,12 @@ def test_schedule_matches_marginal_prob_and_inverse_lambda_round_trips(name):
     for dtype, tol in ((jnp.float32, 1e-5), (jnp.float64, 1e-10)):
         with jax.enable_x64(dtype == jnp.float64):
             t = jnp.linspace(eps, 1.0, 1001, dtype=dtype)
-            lam = fs.marginal_lambda(sde, t)
+            lam = schedules.marginal_lambda(sde, t)
             assert lam.dtype == dtype
             assert np.all(np.diff(np.asarray(lam)) < 0), "lambda must decrease in t"
-            np.testing.assert_allclose(fs.inverse_lambda(sde, lam), t, rtol=0, atol=tol)
+            np.testing.assert_allclose(schedules.inverse_lambda(sde, lam), t, rtol=0, atol=tol)
             mean, std = sde.marginal_prob(jnp.ones((t.shape[0], 1), dtype), t)
-            alpha, sigma = fs.alpha_sigma(sde, t)
+            alpha, sigma = schedules.alpha_sigma(sde, t)
             np.testing.assert_allclose(alpha, mean[:, 0], rtol=10 * tol)
             np.testing.assert_allclose(sigma, std, rtol=1e-3 if dtype == jnp.float32 else 1e-8)
 
@@ -59,25 +60,27 @@ def test_noise_and_data_prediction_invert_the_forward_process():
     sde = analytic.SDES["vpsde"]
     t = jnp.full((5,), 0.4)
     x0, e = jnp.full((5, 3), 0.5), jax.random.normal(jax.random.key(0), (5, 3))
-    alpha, sigma = fs.alpha_sigma(sde, t[:1])
+    alpha, sigma = schedules.alpha_sigma(sde, t[:1])
     x_t = alpha * x0 + sigma * e
     score = analytic.exact_score_fn(sde, mu=0.5, s=0.0)(x_t, t)
-    np.testing.assert_allclose(fs.noise_prediction(score, sigma), e, rtol=1e-5, atol=1e-5)
-    np.testing.assert_allclose(fs.data_prediction(x_t, score, alpha, sigma), x0, atol=1e-5)
+    np.testing.assert_allclose(schedules.noise_prediction(score, sigma), e, rtol=1e-5, atol=1e-5)
+    np.testing.assert_allclose(schedules.data_prediction(x_t, score, alpha, sigma), x0, atol=1e-5)
 
 
 def test_time_grids():
     sde = analytic.SDES["vpsde"]
-    ts = fs.get_time_steps(sde, "logSNR", 1.0, 1e-3, 8)
+    ts = schedules.get_time_steps(sde, "logSNR", 1.0, 1e-3, 8)
     assert ts.shape == (9,) and float(ts[0]) == 1.0 and abs(float(ts[-1]) - 1e-3) < 1e-9
-    np.testing.assert_allclose(np.diff(np.asarray(fs.marginal_lambda(sde, ts))).std(), 0, atol=1e-5)
-    tq = fs.get_time_steps(sde, "time_quadratic", 1.0, 1e-3, 8)
+    np.testing.assert_allclose(
+        np.diff(np.asarray(schedules.marginal_lambda(sde, ts))).std(), 0, atol=1e-5
+    )
+    tq = schedules.get_time_steps(sde, "time_quadratic", 1.0, 1e-3, 8)
     np.testing.assert_allclose(np.diff(np.sqrt(np.asarray(tq))).std(), 0, atol=1e-6)
     # VE: lambda is linear in t, so 'logSNR' and 'time_uniform' give the same grid.
     ve = analytic.SDES["vesde"]
     np.testing.assert_allclose(
-        fs.get_time_steps(ve, "logSNR", 1.0, 1e-5, 8),
-        fs.get_time_steps(ve, "time_uniform", 1.0, 1e-5, 8),
+        schedules.get_time_steps(ve, "logSNR", 1.0, 1e-5, 8),
+        schedules.get_time_steps(ve, "time_uniform", 1.0, 1e-5, 8),
         atol=1e-6,
     )
 
@@ -113,7 +116,7 @@ def test_ddim_matches_the_ddim_update_and_order_one_is_ddim_everywhere():
     ts = np.linspace(1.0, 1e-3, steps + 1)
     ref = z
     for s, t in zip(ts[:-1], ts[1:]):
-        (a_s, a_t), (s_s, s_t) = fs.alpha_sigma(sde, jnp.asarray([s, t]))
+        (a_s, a_t), (s_s, s_t) = schedules.alpha_sigma(sde, jnp.asarray([s, t]))
         eps_hat = -s_s * score_fn(ref, jnp.full((8,), s))
         ref = a_t * (ref - s_s * eps_hat) / a_s + s_t * eps_hat
     np.testing.assert_allclose(x, ref, rtol=1e-5, atol=1e-5)
@@ -199,8 +202,8 @@ def _local_error(update, h):
     lambda(0.3): history at lam0 - 2h, lam0 - h, lam0 (grid indices 0, 1, 2), target lam0 + h."""
     sde = analytic.SDES["vpsde"]
     z = sde.prior_sampling(jax.random.key(5), (8, 2))
-    lams = fs.marginal_lambda(sde, jnp.asarray(0.3)) + h * jnp.arange(-2, 2)
-    pts = fs.schedule_points(sde, fs.inverse_lambda(sde, lams))
+    lams = schedules.marginal_lambda(sde, jnp.asarray(0.3)) + h * jnp.arange(-2, 2)
+    pts = schedules.schedule_points(sde, schedules.inverse_lambda(sde, lams))
     xs = [_exact_flow(sde, z, pts.t[i]) for i in range(4)]
     return jnp.max(jnp.abs(update(xs, pts) - xs[3]))
 
@@ -208,9 +211,9 @@ def _local_error(update, h):
 def _multistep_step(param, k):
     def update(xs, pts):
         hist = [2, 1, 0][:k]  # newest first
-        ms = tuple(param.model(xs[i], fs.point_at(pts, i)) for i in hist)
-        ps = tuple(fs.point_at(pts, i) for i in hist)
-        return fs.multistep_update(k, param, xs[2], ms, ps, fs.point_at(pts, 3))
+        ms = tuple(param.model(xs[i], schedules.point_at(pts, i)) for i in hist)
+        ps = tuple(schedules.point_at(pts, i) for i in hist)
+        return fs.multistep_update(k, param, xs[2], ms, ps, schedules.point_at(pts, 3))
 
     return update
 
@@ -219,9 +222,9 @@ def _singlestep_step(param, k):
     def update(xs, pts):
         # One segment from grid point 2 to 3 with inner points at r = j / k in lambda.
         sde = analytic.SDES["vpsde"]
-        lam_s, lam_t = [fs.marginal_lambda(sde, pts.t[i]) for i in (2, 3)]
-        inner = fs.inverse_lambda(sde, lam_s + (lam_t - lam_s) * jnp.linspace(0, 1, k + 1))
-        return fs.singlestep_update(k, param, xs[2], fs.schedule_points(sde, inner))
+        lam_s, lam_t = [schedules.marginal_lambda(sde, pts.t[i]) for i in (2, 3)]
+        inner = schedules.inverse_lambda(sde, lam_s + (lam_t - lam_s) * jnp.linspace(0, 1, k + 1))
+        return fs.singlestep_update(k, param, xs[2], schedules.schedule_points(sde, inner))
 
     return update
 
@@ -325,7 +328,7 @@ def test_denoise_returns_the_data_prediction_at_eps():
     x0, _ = fs.get_dpm_solver_sampler(
         sde, score_fn, (8, 2), denoise=True, inverse_scaler=lambda v: 2 * v, **kw
     )(jax.random.key(2))
-    alpha, sigma = fs.alpha_sigma(sde, jnp.asarray(1e-3))
+    alpha, sigma = schedules.alpha_sigma(sde, jnp.asarray(1e-3))
     expected = (x + sigma**2 * score_fn(x, jnp.full((8,), 1e-3))) / alpha
     np.testing.assert_allclose(x0, 2 * expected, rtol=1e-5, atol=1e-5)
 
