@@ -303,9 +303,9 @@ def _num_examples(builder, split: str) -> int | None:
 
 def _get_tfds(name, config, spec, train_spec_start):
     """Train / eval TFDatasets from a prepared tfds builder (downloads only when allowed)."""
-    import tensorflow_datasets as tfds
+    tf = _tf()  # first: TensorFlow starts with its GPUs hidden and its notices filtered
+    import tensorflow_datasets as tfds  # lazy: heavy, and only this source needs it
 
-    tf = _tf()
     tfds_name = _tfds_name(name, config)
     data_dir = config.data.get("data_dir", "") or None
     manual_dir = config.data.get("manual_dir", "") or None

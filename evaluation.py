@@ -42,11 +42,13 @@ from typing import Any
 
 import numpy as np
 import scipy.linalg
-import tensorflow as tf
-import tensorflow_hub as tfhub
 from absl import logging
 
 import utils
+
+with utils.filtered_native_stderr():  # TensorFlow's start-up notices (CUDA probes, oneDNN)
+    import tensorflow as tf
+    import tensorflow_hub as tfhub
 
 INCEPTION_TFHUB = "https://tfhub.dev/tensorflow/tfgan/eval/inception/1"
 INCEPTION_V3 = "https://tfhub.dev/google/imagenet/inception_v3/feature_vector/4"

@@ -71,6 +71,7 @@ def get_likelihood_fn(
     inverse_scaler: Callable[[Array], Array] | None = None,
     exact_divergence: bool = False,
     method: str = "RK45",
+    progress: bool = False,
 ):
     """Creates `likelihood_fn(key, x) -> (bpd [B], z, nfe)` (original `get_likelihood_fn`).
 
@@ -82,6 +83,7 @@ def get_likelihood_fn(
       inverse_scaler: maps model space to data space; None means identity (data in [0, 1]).
       exact_divergence: use the exact Jacobian trace (cost D JVPs per drift evaluation).
       method: a name in `sampling.ODE_SOLVERS`.
+      progress: show a progress bar of the solve (`sampling.solve_ode`).
 
     Returns:
       `likelihood_fn(key, x)`: bits/dim `[B]`, the latent `z = x(T)`, and the number of drift
@@ -114,7 +116,7 @@ def get_likelihood_fn(
 
         init = (x, jnp.zeros((b,), x.dtype))
         (z, delta_logp), nfe = sampling.solve_ode(
-            ode_func, init, eps, sde.T, rtol=rtol, atol=atol, method=method
+            ode_func, init, eps, sde.T, rtol=rtol, atol=atol, method=method, progress=progress
         )
         prior_logp = sde.prior_logp(z)
         d = np.prod(x.shape[1:])
@@ -124,7 +126,8 @@ def get_likelihood_fn(
     return likelihood_fn
 
 
-def get_model_likelihood_fn(sde, model, inverse_scaler, *, hutchinson_type="Rademacher", eps=1e-5):
+def get_model_likelihood_fn(sde, model, inverse_scaler, *, hutchinson_type="Rademacher", eps=1e-5,
+                            progress=False):  # fmt: skip
     """`bpd_fn(key, params, x) -> (bpd, z, nfe)` for a Flax score network.
 
     As the original, the network is queried as a continuous-time model (`continuous=True`).
@@ -133,8 +136,9 @@ def get_model_likelihood_fn(sde, model, inverse_scaler, *, hutchinson_type="Rade
     def bpd_fn(key, params, x):
         score_fn = mutils.get_score_fn(sde, model, params, train=False, continuous=True)
         fn = get_likelihood_fn(
-            sde, score_fn, hutchinson_type=hutchinson_type, eps=eps, inverse_scaler=inverse_scaler
-        )
+            sde, score_fn, hutchinson_type=hutchinson_type, eps=eps, inverse_scaler=inverse_scaler,
+            progress=progress,
+        )  # fmt: skip
         return fn(key, x)
 
     return jax.jit(bpd_fn)

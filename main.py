@@ -41,11 +41,13 @@ def main(argv):
             num_processes=FLAGS.num_processes,
             process_id=FLAGS.process_id,
         )
-    import run_lib
     import utils
+
+    utils.quiet_library_logs()
+    utils.hide_gpus_from_tf()  # TensorFlow is only the data / Inception runtime
+    import run_lib
     from experiments import ddls, gan, sweep
 
-    utils.hide_gpus_from_tf()  # TensorFlow is only the data / Inception runtime
     os.makedirs(FLAGS.workdir, exist_ok=True)
     if FLAGS.mode == "train" and jax.process_index() == 0:
         utils.log_to_file(os.path.join(FLAGS.workdir, "stdout.txt"))  # as the original

@@ -193,7 +193,7 @@ def _wait_for_checkpoint(manager, step: int, config) -> bool:
     last_change = time.time()
     seen = None
     while True:
-        all_steps = manager.all_steps(read=True)
+        all_steps = checkpoints.saved_steps(manager)
         if step in all_steps:
             return True
         if all_steps and max(all_steps) >= config.training.n_iters:

@@ -333,8 +333,12 @@ ODE_SOLVERS = {
 }
 
 
-def solve_ode(drift, y0, t0: float, t1: float, *, rtol: float, atol: float, method: str = "RK45"):
+def solve_ode(drift, y0, t0: float, t1: float, *, rtol: float, atol: float, method: str = "RK45",
+              progress: bool = False):  # fmt: skip
     """Adaptive solve of `dy/dt = drift(t, y)` from t0 to t1 (either direction) on device.
+
+    `progress` shows a bar of the integrated fraction of [t0, t1] (a host callback every 10
+    steps; the result is the same).
 
     Returns:
       `(y1, nfe)`: the solution pytree at t1 and the number of drift evaluations.
@@ -352,6 +356,7 @@ def solve_ode(drift, y0, t0: float, t1: float, *, rtol: float, atol: float, meth
         stepsize_controller=diffrax.PIDController(rtol=rtol, atol=atol),
         adjoint=diffrax.ForwardMode(),
         max_steps=100_000,
+        progress_meter=diffrax.TqdmProgressMeter(10) if progress else diffrax.NoProgressMeter(),
     )
     y1 = jax.tree.map(lambda v: v[-1], sol.ys)
     return y1, ode_nfe(solver, sol.stats["num_steps"])

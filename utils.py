@@ -2,10 +2,14 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import math
 import os
+import sys
+import tempfile
 import time
+import warnings
 
 import jax
 import numpy as np
@@ -45,23 +49,27 @@ def count_params(params) -> int:
 
 
 def write_config(config, workdir: str) -> None:
-    """Logs the resolved config and writes `workdir/config.json` (process 0 only)."""
-    logging.info("Config:\n%s", config)
+    """Writes the resolved config to `workdir/config.json` (process 0 only); the log gets the
+    path, and the config itself at --verbosity=1."""
+    path = os.path.join(workdir, "config.json")
+    logging.vlog(1, "Config:\n%s", config)
     if is_main_process():
-        with open(os.path.join(workdir, "config.json"), "w") as f:
+        with open(path, "w") as f:
             f.write(config.to_json_best_effort(indent=2, sort_keys=True) + "\n")
+        logging.info("Config: %s", path)
 
 
 def hide_gpus_from_tf():
     """Imports TensorFlow (lazily: it is heavy, and only the data and Inception runtime) and
     hides the GPUs from it, as the original `main.py` does, so that it never takes the memory
     JAX needs. Returns the `tensorflow` module."""
-    import tensorflow as tf
+    with filtered_native_stderr():
+        import tensorflow as tf
 
-    try:
-        tf.config.set_visible_devices([], "GPU")
-    except RuntimeError:  # TF was initialised already; its devices can no longer change.
-        pass
+        try:
+            tf.config.set_visible_devices([], "GPU")
+        except RuntimeError:  # TF was initialised already; its devices can no longer change.
+            pass
     return tf
 
 
@@ -161,16 +169,61 @@ def log_to_file(path: str) -> None:
     logging.get_absl_logger().addHandler(handler)
 
 
+# Start-up notices of native libraries that say nothing on any machine this project runs on:
+# TensorFlow is kept off the accelerators (`hide_gpus_from_tf`), so its CUDA probes are moot.
+NATIVE_NOISE = (
+    "All log messages before absl::InitializeLog() is called are written to STDERR",
+    "oneDNN custom operations are on",
+    "Could not find cuda drivers on your machine",
+    "failed call to cuInit",
+    "Unable to register cuDNN factory",
+    "Unable to register cuFFT factory",
+    "Unable to register cuBLAS factory",
+    "computation placer already registered",
+    "This TensorFlow binary is optimized to use available CPU instructions",
+    "To enable the following instructions",
+)
+
+
+@contextlib.contextmanager
+def filtered_native_stderr(noise: tuple[str, ...] = NATIVE_NOISE):
+    """Captures what native code writes to file descriptor 2 in the block and replays every
+    line except the known start-up notices in `noise` (real warnings and errors pass)."""
+    sys.stderr.flush()
+    saved = os.dup(2)
+    with tempfile.TemporaryFile() as captured, warnings.catch_warnings():
+        # tensorflow_hub imports the deprecated pkg_resources: not this project's concern.
+        warnings.filterwarnings("ignore", "pkg_resources is deprecated", UserWarning)
+        os.dup2(captured.fileno(), 2)
+        try:
+            yield
+        finally:
+            sys.stderr.flush()
+            os.dup2(saved, 2)
+            os.close(saved)
+            captured.seek(0)
+            for line in captured.read().decode(errors="replace").splitlines(keepends=True):
+                if not any(n in line for n in noise):
+                    sys.stderr.write(line)
+            sys.stderr.flush()
+
+
 class _DropLibraryInfo:
-    """absl-handler filter that drops INFO/DEBUG records of chatty libraries (Orbax)."""
+    """absl-handler filter that drops INFO/DEBUG records of chatty libraries (Orbax) and JAX's
+    note that a backend this machine does not have (TPU, CUDA) could not start."""
 
     def filter(self, record) -> bool:
         path = getattr(record, "pathname", "")
-        return record.levelno >= 30 or not ("/orbax/" in path or "/etils/" in path)
+        if record.levelno >= 30:
+            return True
+        if "/orbax/" in path or "/etils/" in path:
+            return False
+        return not ("xla_bridge" in path and "Unable to initialize backend" in record.getMessage())
 
 
 def quiet_library_logs() -> None:
-    """Keeps Orbax's per-save INFO lines out of the run log (warnings still show)."""
+    """Keeps Orbax's per-save INFO lines and JAX's backend probes out of the run log (warnings
+    still show)."""
     handler = logging.get_absl_handler()
     if not any(isinstance(f, _DropLibraryInfo) for f in handler.filters):
         handler.addFilter(_DropLibraryInfo())

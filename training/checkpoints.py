@@ -38,6 +38,12 @@ def checkpoint_manager(workdir: str, snapshot_freq: int) -> ocp.CheckpointManage
     )
 
 
+def saved_steps(manager: ocp.CheckpointManager) -> list[int]:
+    """The steps on disk now (also those another process wrote since the manager was made)."""
+    manager.reload()
+    return sorted(manager.all_steps())
+
+
 def save_checkpoint(manager: ocp.CheckpointManager, state) -> None:
     """Saves a state dataclass with a `step` (skipped when that step is already saved)."""
     step = int(state.step)
@@ -84,7 +90,7 @@ def restore_latest_good(manager, abstract, tx=None, max_step=None):
     Returns:
       `(state, step)` or `(None, None)` when no checkpoint restores.
     """
-    for step in sorted(manager.all_steps(read=True), reverse=True):
+    for step in reversed(saved_steps(manager)):
         if max_step is not None and step > max_step:
             continue
         try:
@@ -113,7 +119,7 @@ def restore_ema_params(workdir: str, abstract, *, snapshot_freq: int = 1, tx=Non
     """
     manager = checkpoint_manager(workdir, snapshot_freq)
     try:
-        steps = sorted(manager.all_steps(read=True))
+        steps = saved_steps(manager)
         if max_step is not None and max_step not in steps:
             raise FileNotFoundError(
                 f"No checkpoint step {max_step} in {checkpoint_dir(workdir)}; available steps: "

@@ -107,8 +107,9 @@ def bpd_rounds(config, params, sde, model, folder: str, key, mesh, tag: str) -> 
     ds = train_ds if config.eval.bpd_dataset == "train" else test_ds
     total = _num_bpd_batches(config, info)
     scaler = datasets.get_data_scaler(config)
+    # The solve's progress bar on a single process (the bar's callbacks run on every host).
     bpd_fn = likelihood.get_model_likelihood_fn(
-        sde, model, datasets.get_data_inverse_scaler(config)
+        sde, model, datasets.get_data_inverse_scaler(config), progress=jax.process_count() == 1
     )
     sharding = devices.batch_sharding(mesh)
     all_bpds = []

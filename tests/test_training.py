@@ -1,0 +1,189 @@
+"""The shared runtime (training/): the fused train step's scan and unrolled branches agree, the
+loop switch, and the one host loop (non-finite refusals, checkpoints, hooks, signals)."""
+
+import os
+import signal
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+import pytest
+
+import losses
+import utils
+from configs.testing import ddpmpp_tiny
+from models import utils as mutils
+from training import checkpoints, loop, score_model, steps
+from training.state import TrainState, new_train_state
+
+
+def _tiny_config():
+    config = ddpmpp_tiny.get_config()
+    config.data.image_size = 8
+    config.model.ch_mult = (1,)
+    config.model.attn_resolutions = (8,)
+    config.optim.warmup = 0  # every step moves the params
+    return config
+
+
+def _train_step(device_loop):
+    config = _tiny_config()
+    sde, _ = score_model.sde_from_config(config)
+    model = mutils.get_model(config)
+    tx = losses.get_optimizer(config)
+    loss_fn = score_model.score_loss_fn(config, sde, model, train=True)
+    step = steps.make_train_step(loss_fn, tx, 0.9, jax.random.key(0), device_loop=device_loop)
+    state = jax.jit(lambda k: score_model.create_train_state(config, model, tx, k))(
+        jax.random.key(1)
+    )
+    return step, state
+
+
+def test_scan_train_step_equals_the_unrolled_one():
+    """The accelerator branch (`lax.scan` over n_jitted_steps) and the CPU branch (unrolled)
+    run the same three optimizer steps: same losses, params, EMA and Adam state."""
+    images = jax.random.uniform(jax.random.key(2), (3, 4, 8, 8, 3)) * 2 - 1
+    results = []
+    for device_loop in (True, False):
+        step, state = _train_step(device_loop)
+        state, metrics = step(state, images)
+        results.append((jax.device_get(state), jax.device_get(metrics)))
+    (scanned, m_scan), (unrolled, m_unrolled) = results
+    assert int(scanned.step) == int(unrolled.step) == 3
+    assert m_scan["loss"].shape == (3,) and m_scan["finite"].all()
+    # Float32: the two programs may fuse differently, so compare to round-off.
+    np.testing.assert_allclose(m_scan["loss"], m_unrolled["loss"], rtol=1e-5)
+    for field in ("params", "ema_params", "opt_state"):
+        for a, b in zip(jax.tree.leaves(getattr(scanned, field)),
+                        jax.tree.leaves(getattr(unrolled, field)), strict=True):  # fmt: skip
+            np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-6)
+    # The steps moved the params (the comparison is not between two unchanged states).
+    _, initial = _train_step(True)
+    moved = jax.tree.leaves(scanned.params)[0] - jax.tree.leaves(jax.device_get(initial.params))[0]
+    assert np.abs(moved).max() > 0
+
+
+@pytest.mark.parametrize("mode,expect_scan", [("device", True), ("host", False)])
+def test_loops_env_picks_the_train_step_branch(monkeypatch, mode, expect_scan):
+    monkeypatch.setenv(utils.LOOPS_ENV, mode)
+    assert utils.device_loops() is expect_scan
+    tx = optax.sgd(0.1)
+    state = new_train_state({"w": jnp.ones(3)}, tx)
+    step = steps.make_train_step(
+        lambda key, params, x: jnp.sum((params["w"] - x) ** 2), tx, 0.5, jax.random.key(0)
+    )
+    jaxpr = str(jax.make_jaxpr(step)(state, jnp.zeros((2, 3))))
+    assert ("scan" in jaxpr) is expect_scan
+    assert utils.device_loops(override=not expect_scan) is (not expect_scan)
+
+
+def test_loops_env_refuses_an_unknown_mode(monkeypatch):
+    monkeypatch.setenv(utils.LOOPS_ENV, "gpu")
+    with pytest.raises(ValueError, match="SCORE_SDE_LOOPS='gpu' is not one of"):
+        utils.device_loops()
+
+
+# --------------------------------------------------------------------------------------------
+# The host loop, on a quadratic loss (milliseconds per step).
+# --------------------------------------------------------------------------------------------
+
+
+def _quadratic(lr=0.1, target=2.0):
+    tx = optax.sgd(lr)
+    step = steps.make_train_step(
+        lambda key, params, x: jnp.mean((params["w"] - target * x) ** 2), tx, 0.5, jax.random.key(0)
+    )
+    return new_train_state({"w": jnp.zeros(4)}, tx), step
+
+
+def _batches():
+    while True:
+        yield jnp.ones((1, 4))
+
+
+def _schedule(**kw):
+    values = dict(n_iters=6, log_freq=2, snapshot_freq=3, preemption_freq=2, eval_freq=3)
+    return loop.Schedule(**{**values, **kw})
+
+
+def test_loop_logs_saves_and_calls_hooks(tmp_path):
+    state, step = _quadratic()
+    manager = checkpoints.checkpoint_manager(str(tmp_path), 3)
+    writer = utils.MetricWriter(str(tmp_path), tensorboard=False)
+    calls = []
+    final = loop.run(
+        state, step, _batches(), _schedule(), first_step=0, manager=manager, writer=writer,
+        on_eval=lambda s, k: calls.append(("eval", k)),
+        on_snapshot=lambda s, k: calls.append(("snapshot", k)),
+    )  # fmt: skip
+    writer.close()
+    assert int(final.step) == 6
+    # SGD on mean((w - 2)^2): w <- w - 0.1 * (w - 2) / 2, so w_k = 2 (1 - 0.95^k).
+    np.testing.assert_allclose(final.params["w"], 2.0 * (1 - 0.95**6), rtol=1e-6)
+    assert calls == [("eval", 3), ("snapshot", 3), ("eval", 6), ("snapshot", 6)]
+    assert checkpoints.saved_steps(manager) == [3, 6]  # keep every 3rd + the latest
+    lines = utils.read_metrics(str(tmp_path / "metrics.jsonl"))
+    assert [r["step"] for r in lines] == [2, 4, 6] and all("steps_per_sec" in r for r in lines)
+
+
+def test_loop_refuses_to_save_non_finite_parameters(tmp_path):
+    """lr = inf: the loss of step 1 is finite, but the parameters it produces are not. The
+    loop stops before any save, naming the step; no checkpoint holds NaN."""
+    state, step = _quadratic(lr=float("inf"))
+    manager = checkpoints.checkpoint_manager(str(tmp_path), 1)
+    schedule = _schedule(snapshot_freq=1, preemption_freq=1, log_freq=10)
+    with pytest.raises(loop.NonFiniteError, match=r"Non-finite parameters at step 1 \(loss 4"):
+        loop.run(state, step, _batches(), schedule, first_step=0, manager=manager)
+    assert checkpoints.saved_steps(manager) == []
+
+
+def test_loop_saves_and_exits_on_sigterm(tmp_path):
+    state, step = _quadratic()
+    manager = checkpoints.checkpoint_manager(str(tmp_path), 100)
+
+    def batches():
+        yield jnp.ones((1, 4))
+        os.kill(os.getpid(), signal.SIGTERM)  # arrives during the second step
+        while True:
+            yield jnp.ones((1, 4))
+
+    schedule = _schedule(n_iters=100, snapshot_freq=100, preemption_freq=100, log_freq=100)
+    before = signal.getsignal(signal.SIGTERM)
+    final = loop.run(state, step, batches(), schedule, first_step=0, manager=manager)
+    assert int(final.step) == 2 and checkpoints.saved_steps(manager) == [2]
+    assert signal.getsignal(signal.SIGTERM) == before  # the handler is restored
+
+
+@pytest.mark.parametrize(
+    "fields,match",
+    [
+        ({"n_iters": 0}, r"config.training.n_iters=0 must be positive"),
+        ({"snapshot_freq": 0}, r"snapshot_freq=0 must be positive"),
+        (
+            {"log_freq": 3, "steps_per_call": 2},
+            r"log_freq=3 must be a multiple of .*n_jitted_steps=2",
+        ),
+        ({"eval_freq": -1}, r"eval_freq=-1 must be >= 0"),
+    ],
+)
+def test_schedule_names_the_bad_field(fields, match):
+    with pytest.raises(ValueError, match=match):
+        _schedule(**{"log_freq": 2, "snapshot_freq": 2, "preemption_freq": 2, "eval_freq": 2,
+                     "steps_per_call": 1, **fields}).check()  # fmt: skip
+
+
+def test_restore_skips_a_corrupt_checkpoint(tmp_path):
+    state = new_train_state({"w": jnp.arange(3.0)}, optax.sgd(1.0))
+    manager = checkpoints.checkpoint_manager(str(tmp_path), 1)
+    for k in (1, 2):
+        checkpoints.save_checkpoint(manager, state.replace(step=jnp.asarray(k)))
+    for root, _, files in os.walk(tmp_path / "checkpoints" / "2"):
+        for name in files:
+            if os.path.getsize(os.path.join(root, name)) > 16:
+                with open(os.path.join(root, name), "r+b") as f:
+                    f.truncate(8)
+    abstract = jax.eval_shape(lambda: state)
+    restored, step = checkpoints.restore_latest_good(manager, abstract)
+    assert step == 1 and isinstance(restored, TrainState)
+    np.testing.assert_array_equal(restored.params["w"], [0.0, 1.0, 2.0])
