@@ -45,18 +45,6 @@ NONFINITE_HINT = (
 # --------------------------------------------------------------------------------------------
 
 
-def _schedule(config) -> loop.Schedule:
-    t = config.training
-    return loop.Schedule(
-        n_iters=t.n_iters,
-        log_freq=t.log_freq,
-        snapshot_freq=t.snapshot_freq,
-        preemption_freq=t.snapshot_freq_for_preemption,
-        eval_freq=t.eval_freq,
-        steps_per_call=t.n_jitted_steps,
-    )
-
-
 def _data_iterators(config, start_item: int):
     """Training batches `[n_jitted_steps, B, H, W, C]` from `start_item` on; eval `[B, ...]`."""
     train_ds, _, _ = datasets.get_dataset(
@@ -97,8 +85,7 @@ def _snapshot_sampler(config, sde, model, eps):
 
 def train(config, workdir: str):
     """Runs training (the original `run_lib.train`); resumes from the last good checkpoint."""
-    schedule = _schedule(config)
-    schedule.check()
+    schedule = loop.Schedule.from_config(config.training)
     devices.check_batch_size(config.training.batch_size, "training.batch_size")
     devices.check_batch_size(config.eval.batch_size, "eval.batch_size")
     utils.quiet_library_logs()
@@ -117,12 +104,13 @@ def train(config, workdir: str):
     init_key = jax.random.fold_in(base_key, -1 % 2**31)
     manager = checkpoints.checkpoint_manager(workdir, config.training.snapshot_freq)
     abstract = score_model.abstract_train_state(config, model, tx)
-    state, restored = checkpoints.restore_latest_good(manager, abstract, tx)
-    if state is None:
+
+    def init():
         state = jax.jit(lambda k: score_model.create_train_state(config, model, tx, k))(init_key)
         logging.info("Starting from scratch (%d parameters).", utils.count_params(state.params))
-    else:
-        logging.info("Resumed from checkpoint step %d.", restored)
+        return state
+
+    state = checkpoints.restore_or_init(manager, abstract, init, tx)
     state = jax.device_put(state, state_sharding)
     initial_step = int(state.step)
 

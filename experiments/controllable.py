@@ -276,6 +276,8 @@ MODES = ["train_classifier", "conditional", "inpaint", "colorize"]
 
 def main(argv):
     del argv
+    utils.quiet_library_logs()
+    utils.hide_gpus_from_tf()  # TensorFlow starts here, its start-up notices filtered
     f = flags.FLAGS
     labels = [int(v) for v in f.labels.split(",") if v.strip()] if f.labels else None
     path = run(

@@ -211,13 +211,7 @@ def _finite_step(gan_step):
 def train(config, workdir: str) -> GANState:
     """Trains the GAN of `config` in `workdir`, resuming from the last good checkpoint."""
     t = config.training
-    schedule = loop.Schedule(
-        n_iters=t.n_iters,
-        log_freq=t.log_freq,
-        snapshot_freq=t.snapshot_freq,
-        preemption_freq=t.snapshot_freq_for_preemption,
-    )
-    schedule.check()
+    schedule = loop.Schedule.from_config(t)
     devices.check_batch_size(t.batch_size, "training.batch_size")
     utils.quiet_library_logs()
     workdir = os.path.abspath(workdir)
@@ -229,8 +223,8 @@ def train(config, workdir: str) -> GANState:
     state_sharding, batch_sharding = devices.replicated(mesh), devices.batch_sharding(mesh)
 
     manager = checkpoints.checkpoint_manager(workdir, t.snapshot_freq)
-    state, restored = checkpoints.restore_latest_good(manager, abstract)
-    if state is None:
+
+    def init():
         shape = (config.data.image_size,) * 2 + (config.data.num_channels,)
         init_key = jax.random.fold_in(base_key, -1 % 2**31)
         state = jax.jit(
@@ -238,8 +232,9 @@ def train(config, workdir: str) -> GANState:
         )(init_key)
         n_g, n_d = utils.count_params(state.g_params), utils.count_params(state.d_params)
         logging.info("Starting from scratch (G %d, D %d parameters).", n_g, n_d)
-    else:
-        logging.info("Resumed from checkpoint step %d.", restored)
+        return state
+
+    state = checkpoints.restore_or_init(manager, abstract, init)
     state = jax.device_put(state, state_sharding)
     initial_step = int(state.step)
 

@@ -43,6 +43,7 @@ from flax import serialization, traverse_util
 from jax import numpy as jnp
 from ml_collections import config_flags
 
+import utils
 from models import ncsnv2, pth
 from models import utils as mutils
 
@@ -485,6 +486,7 @@ def convert_main(
 def main(argv: Sequence[str]) -> None:
     if len(argv) > 1:
         raise app.UsageError("Too many command-line arguments.")
+    utils.quiet_library_logs()
     f = flags.FLAGS
     convert_main(f.config, f.workdir, pytorch=f.pytorch, jax_ckpt=f.jax, use_ema=f.use_ema)
 

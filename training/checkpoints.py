@@ -106,6 +106,19 @@ def restore_latest_good(manager, abstract, tx=None, max_step=None):
     return None, None
 
 
+def restore_or_init(manager, abstract, init_fn, tx=None):
+    """The newest good checkpoint of `manager` (logged), or `init_fn()` when none restores.
+
+    Returns:
+      The state (not yet placed on the mesh).
+    """
+    state, step = restore_latest_good(manager, abstract, tx)
+    if state is None:
+        return init_fn()
+    logging.info("Resumed from checkpoint step %d.", step)
+    return state
+
+
 def restore_ema_params(workdir: str, abstract, *, snapshot_freq: int = 1, tx=None,
                        max_step=None, what: str = "", hint: str = ""):  # fmt: skip
     """EMA params of the newest good checkpoint in `workdir/checkpoints` (at most `max_step`).
