@@ -200,8 +200,9 @@ def _eval_loss(config, eval_step, state, mesh) -> float:
     _, eval_ds, _ = datasets.get_dataset(config, evaluation=True)
     scaler = datasets.get_data_scaler(config)
     sharding = devices.batch_sharding(mesh)
+    batches = utils.progress_iter(eval_ds, "eval loss")
     values = [
-        float(eval_step(state, devices.to_global(scaler(b["image"]), sharding))) for b in eval_ds
+        float(eval_step(state, devices.to_global(scaler(b["image"]), sharding))) for b in batches
     ]
     return float(np.mean(values))
 
