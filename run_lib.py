@@ -129,7 +129,11 @@ def _train(config, workdir: str, schedule: loop.Schedule):
     init_key = jax.random.fold_in(base_key, -1 % 2**31)
     manager = checkpoints.checkpoint_manager(workdir, config.training.snapshot_freq)
     abstract = score_model.abstract_train_state(config, model, tx)
-    state, restored = checkpoints.restore_latest_good(manager, abstract, tx)
+    try:
+        state, restored = checkpoints.restore_latest_good(manager, abstract, tx)
+    except checkpoints.CheckpointMismatchError:
+        manager.close()
+        raise
     if state is None:
         state = jax.jit(lambda k: score_model.create_train_state(config, model, tx, k))(init_key)
         logging.info("Starting from scratch (%d parameters).", utils.count_params(state.params))
@@ -321,45 +325,52 @@ def evaluate(config, workdir: str, eval_folder: str = "eval") -> list[dict]:
         state_sharding,
         devices.batch_sharding(mesh),
     )
-    manager = checkpoints.checkpoint_manager(workdir, config.training.snapshot_freq)
     writer = utils.MetricWriter(eval_dir, tensorboard=False)
     reports, corrupt = [], []
-    for ckpt in range(config.eval.begin_ckpt, config.eval.end_ckpt + 1):
-        step = ckpt * config.training.snapshot_freq
-        report_path = os.path.join(eval_dir, f"report_{ckpt}.json")
-        if os.path.exists(report_path):
-            with open(report_path) as f:
-                reports.append(json.load(f))
-            continue
-        if not _wait_for_checkpoint(manager, step, config, workdir):
-            if step < max(checkpoints.saved_steps(manager), default=-1):
-                continue  # a gap (e.g. a deleted checkpoint): later ones exist
-            break
-        try:
-            restored = checkpoints.restore_checkpoint(manager, abstract, step, tx)
-        except checkpoints.CheckpointMismatchError:
-            raise
-        except Exception as e:  # noqa: BLE001 - a damaged checkpoint: report it, go on
-            logging.error("Checkpoint %d (step %d) in %s is corrupt, skipped: %s",
-                          ckpt, step, manager.directory, checkpoints.error_line(e))  # fmt: skip
-            corrupt.append(step)
-            continue
-        state = jax.device_put(restored, state_sharding)
-        folder = os.path.join(eval_dir, f"ckpt_{ckpt}")
-        os.makedirs(folder, exist_ok=True)
-        report = _evaluate_checkpoint(
-            config, ckpt, step, state, sde, model, sampling_eps, eval_step, folder, mesh
-        )
-        writer.write(step, **{k: v for k, v in report.items() if k not in ("ckpt", "step")})
-        if utils.is_main_process():
-            with open(report_path, "w") as f:
-                json.dump(report, f, indent=2)
-        reports.append(report)
-    if not reports:
-        raise _no_checkpoint_error(config, manager, corrupt)
+    with checkpoints.checkpoint_manager(workdir, config.training.snapshot_freq) as manager:
+        for ckpt in range(config.eval.begin_ckpt, config.eval.end_ckpt + 1):
+            step = ckpt * config.training.snapshot_freq
+            report_path = os.path.join(eval_dir, f"report_{ckpt}.json")
+            if os.path.exists(report_path):
+                with open(report_path) as f:
+                    reports.append(json.load(f))
+                continue
+            if not _wait_for_checkpoint(manager, step, config, workdir):
+                if step < max(checkpoints.saved_steps(manager), default=-1):
+                    continue  # a gap (e.g. a deleted checkpoint): later ones exist
+                break
+            restored = _restore_or_report(manager, abstract, ckpt, step, tx)
+            if restored is None:
+                corrupt.append(step)
+                continue
+            state = jax.device_put(restored, state_sharding)
+            folder = os.path.join(eval_dir, f"ckpt_{ckpt}")
+            os.makedirs(folder, exist_ok=True)
+            report = _evaluate_checkpoint(
+                config, ckpt, step, state, sde, model, sampling_eps, eval_step, folder, mesh
+            )
+            writer.write(step, **{k: v for k, v in report.items() if k not in ("ckpt", "step")})
+            if utils.is_main_process():
+                with open(report_path, "w") as f:
+                    json.dump(report, f, indent=2)
+            reports.append(report)
+        if not reports:
+            raise _no_checkpoint_error(config, manager, corrupt)
     _write_summary(reports, os.path.join(eval_dir, "summary.md"))
-    manager.close()
     return reports
+
+
+def _restore_or_report(manager, abstract, ckpt: int, step: int, tx):
+    """Checkpoint `step`, or None after one error line when it is damaged (evaluation goes on
+    to the next; it never moves a checkpoint). A checkpoint of another model raises."""
+    try:
+        return checkpoints.restore_checkpoint(manager, abstract, step, tx)
+    except checkpoints.CheckpointMismatchError:
+        raise
+    except Exception as e:  # noqa: BLE001 - a damaged checkpoint: report it, go on
+        logging.error("Checkpoint %d (step %d) in %s is corrupt, skipped: %s",
+                      ckpt, step, manager.directory, checkpoints.error_line(e))  # fmt: skip
+        return None
 
 
 def _write_summary(reports: list[dict], path: str) -> None:
