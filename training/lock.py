@@ -58,14 +58,20 @@ def _boot_id() -> str:
         return ""
 
 
-def _pid_start(pid: int) -> int | None:
-    """The process's start time in clock ticks since boot (Linux), or None."""
+def _proc_stat(pid: int) -> tuple[str, int] | None:
+    """`(state, start time in clock ticks since boot)` of a process (Linux), or None."""
     try:
         with open(f"/proc/{pid}/stat") as f:
-            # Field 22; the command name (field 2) may hold spaces, so split after its ')'.
-            return int(f.read().rpartition(")")[2].split()[19])
+            # Fields 3 and 22; the command name (field 2) may hold spaces: split after its ')'.
+            fields = f.read().rpartition(")")[2].split()
+        return fields[0], int(fields[19])
     except (OSError, ValueError, IndexError):
         return None
+
+
+def _pid_start(pid: int) -> int | None:
+    stat = _proc_stat(pid)
+    return None if stat is None else stat[1]
 
 
 def _pid_alive(pid: int) -> bool:
@@ -75,7 +81,8 @@ def _pid_alive(pid: int) -> bool:
         return False
     except PermissionError:  # exists, owned by someone else
         return True
-    return True
+    stat = _proc_stat(pid)
+    return stat is None or stat[0] != "Z"  # a zombie is dead, only not yet reaped
 
 
 def read(workdir: str) -> dict | None:
