@@ -99,14 +99,7 @@ def check_config(config, mode: str) -> None:
     steps that exits 0) or make no sense, named with their value."""
     t, e = config.training, config.eval
     if mode == "train":
-        schedule.Schedule(
-            n_iters=t.n_iters,
-            log_freq=t.log_freq,
-            snapshot_freq=t.snapshot_freq,
-            preemption_freq=t.snapshot_freq_for_preemption,
-            eval_freq=t.get("eval_freq", 0),
-            steps_per_call=t.get("n_jitted_steps", 1),
-        ).check()
+        schedule.Schedule.from_config(t)
         _positive("config.training.batch_size", t.batch_size)
     else:
         _positive("config.training.snapshot_freq", t.snapshot_freq)
@@ -149,20 +142,36 @@ def check_workdir(workdir: str, mode: str) -> None:
         raise CheckError(f"--workdir {workdir} cannot be created or written ({e.strerror}).") from e
 
 
-def check_checkpoints(config, workdir: str, mode: str) -> None:
-    """Modes that read checkpoints: refuse at once a workdir with none and no live trainer."""
+def check_checkpoints(config, workdir: str, mode: str, eval_folder: str = "eval") -> None:
+    """Modes that read checkpoints: refuse at once a workdir with none and no live trainer;
+    `eval`: also a checkpoint range with no checkpoint on disk (nor a finished report)."""
     if mode not in ("eval", "sweep", "ddls"):
         return
     directory = os.path.join(os.path.abspath(workdir), "checkpoints")
-    steps = os.listdir(directory) if os.path.isdir(directory) else []
-    if any(name.isdigit() for name in steps) or lock.holder(workdir) is not None:
-        return
-    where = "does not exist" if not os.path.isdir(workdir) else f"has no checkpoint in {directory}"
-    raise CheckError(
-        f"--workdir {workdir} {where}, and no training holds its lock: nothing to "
-        f"{'evaluate' if mode == 'eval' else 'sample'}. Check the path, train first "
-        "(--mode train) or convert a checkpoint (python -m models.convert)."
-    )
+    names = os.listdir(directory) if os.path.isdir(directory) else []
+    steps = sorted(int(name) for name in names if name.isdigit())
+    if lock.holder(workdir) is not None:
+        return  # a trainer is writing: evaluation waits for its checkpoints
+    if not steps:
+        where = (
+            "does not exist" if not os.path.isdir(workdir) else f"has no checkpoint in {directory}"
+        )
+        raise CheckError(
+            f"--workdir {workdir} {where}, and no training holds its lock: nothing to "
+            f"{'evaluate' if mode == 'eval' else 'sample'}. Check the path, train first "
+            "(--mode train) or convert a checkpoint (python -m models.convert)."
+        )
+    e, freq = config.eval, config.training.snapshot_freq
+    ckpts = range(e.get("begin_ckpt", 0), e.get("end_ckpt", 0) + 1)
+    reports = os.path.join(os.path.abspath(workdir), eval_folder, "report_{}.json")
+    if mode == "eval" and not any(
+        k * freq in steps or os.path.exists(reports.format(k)) for k in ckpts
+    ):
+        raise CheckError(
+            f"No checkpoint to evaluate: eval.begin_ckpt..end_ckpt = {ckpts.start}..{ckpts.stop - 1} "
+            f"are steps {ckpts.start * freq}..{(ckpts.stop - 1) * freq} (k * training.snapshot_freq "
+            f"{freq}), but {directory} has steps {steps}."
+        )
 
 
 def check_data(config, mode: str) -> None:
@@ -216,7 +225,7 @@ def check_metric_networks(config, mode: str) -> None:
         ) from e
 
 
-def check_run(config, workdir: str, mode: str) -> None:
+def check_run(config, workdir: str, mode: str, eval_folder: str = "eval") -> None:
     """Every check above, cheapest first.
 
     Raises:
@@ -225,7 +234,7 @@ def check_run(config, workdir: str, mode: str) -> None:
     try:
         check_config(config, mode)
         check_workdir(workdir, mode)
-        check_checkpoints(config, workdir, mode)
+        check_checkpoints(config, workdir, mode, eval_folder)
         check_data(config, mode)
         check_metric_networks(config, mode)
     except CheckError:

@@ -39,7 +39,7 @@ def main(argv):
     del argv
     config, workdir, mode = FLAGS.config, FLAGS.workdir, FLAGS.mode
     with cli_checks.one_line_errors(workdir, FLAGS.verbose):
-        cli_checks.check_run(config, workdir, mode)
+        cli_checks.check_run(config, workdir, mode, FLAGS.eval_folder)
         with cli_checks.workdir_lock(workdir, mode, FLAGS.process_id, FLAGS.distributed):
             run(config, workdir, mode)
 

@@ -46,18 +46,6 @@ NONFINITE_HINT = (
 # --------------------------------------------------------------------------------------------
 
 
-def _schedule(config) -> loop.Schedule:
-    t = config.training
-    return loop.Schedule(
-        n_iters=t.n_iters,
-        log_freq=t.log_freq,
-        snapshot_freq=t.snapshot_freq,
-        preemption_freq=t.snapshot_freq_for_preemption,
-        eval_freq=t.eval_freq,
-        steps_per_call=t.n_jitted_steps,
-    )
-
-
 def _data_iterators(config, start_item: int):
     """Training batches `[n_jitted_steps, B, H, W, C]` from `start_item` on; eval `[B, ...]`."""
     train_ds, _, _ = datasets.get_dataset(
@@ -102,8 +90,7 @@ def train(config, workdir: str):
     Holds the workdir's training lock (`training/lock.py`) throughout: a second trainer on the
     same workdir is refused, naming this one's host and pid.
     """
-    schedule = _schedule(config)
-    schedule.check()
+    schedule = loop.Schedule.from_config(config.training)
     devices.check_batch_size(config.training.batch_size, "training.batch_size")
     devices.check_batch_size(config.eval.batch_size, "eval.batch_size")
     utils.quiet_library_logs()

@@ -116,6 +116,8 @@ BAD_INPUTS = [
      ["--config.eval.feature_extractor_path={root}/no_extractor"], ["no_extractor"]),
     ("eval on an empty workdir", "eval", "empty", [], ["empty", "no checkpoint"]),
     ("eval on a mistyped workdir", "eval", "emtpy", [], ["emtpy", "does not exist"]),
+    ("eval, no such checkpoint", "eval", "has_ckpt",
+     ["--config.eval.begin_ckpt=5", "--config.eval.end_ckpt=5"], ["steps 15..15", "has steps [6]"]),
     ("eval begin > end", "eval", "has_ckpt",
      ["--config.eval.begin_ckpt=3", "--config.eval.end_ckpt=2"], ["begin_ckpt=3"]),
     ("no --workdir", "train", None, [], ["--workdir"]),

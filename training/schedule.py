@@ -52,5 +52,20 @@ class Schedule:
                     f"{prefix}.{name}={value} must be a multiple of {prefix}.n_jitted_steps={n}"
                 )
 
+    @classmethod
+    def from_config(cls, training, prefix: str = "config.training") -> Schedule:
+        """The schedule of a `config.training`-like node (`eval_freq`, `n_jitted_steps`
+        optional), checked: a bad field raises a ValueError naming `<prefix>.<field>`."""
+        schedule = cls(
+            n_iters=training.n_iters,
+            log_freq=training.log_freq,
+            snapshot_freq=training.snapshot_freq,
+            preemption_freq=training.snapshot_freq_for_preemption,
+            eval_freq=training.get("eval_freq", 0),
+            steps_per_call=training.get("n_jitted_steps", 1),
+        )
+        schedule.check(prefix)
+        return schedule
+
     def due(self, step: int, freq: int) -> bool:
         return freq > 0 and step % freq == 0
