@@ -364,10 +364,10 @@ def _write_summary(reports: list[dict], path: str) -> None:
     if not reports or not utils.is_main_process():
         return
     keys = sorted({k for r in reports for k in r} - {"ckpt", "step"})
-    lines = ["| ckpt | step | " + " | ".join(keys) + " |", "|---" * (len(keys) + 2) + "|"]
+    lines = ["| " + " | ".join(["ckpt", "step", *keys]) + " |", "|---" * (len(keys) + 2) + "|"]
     for r in reports:
         cells = [f"{r[k]:.4g}" if isinstance(r.get(k), float) else str(r.get(k, "")) for k in keys]
-        lines.append(f"| {r['ckpt']} | {r['step']} | " + " | ".join(cells) + " |")
+        lines.append("| " + " | ".join([str(r["ckpt"]), str(r["step"]), *cells]) + " |")
     with open(path, "w") as f:
         f.write("\n".join(lines) + "\n")
 

@@ -164,6 +164,12 @@ def test_verbose_prints_the_traceback(files):
     assert "n_iters=0 must be positive" in done.stderr
 
 
+def test_checks_import_neither_jax_nor_tensorflow():
+    code = "import sys, cli_checks; print(sorted({'jax', 'tensorflow', 'flax'} & set(sys.modules)))"
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=ROOT)
+    assert done.stdout.strip() == "[]", done.stdout + done.stderr
+
+
 def test_inception_urls_match_evaluation():
     import evaluation
 
