@@ -124,6 +124,8 @@ def _positive(name: str, value) -> None:
 
 def check_workdir(workdir: str, mode: str) -> None:
     """`train` creates the workdir; every mode needs it to be a writable directory."""
+    if "://" in workdir:
+        return  # an object store (gs://): checked by the code that writes there
     path = os.path.abspath(workdir)
     parent = path
     while not os.path.exists(parent):
@@ -145,7 +147,7 @@ def check_workdir(workdir: str, mode: str) -> None:
 def check_checkpoints(config, workdir: str, mode: str, eval_folder: str = "eval") -> None:
     """Modes that read checkpoints: refuse at once a workdir with none and no live trainer;
     `eval`: also a checkpoint range with no checkpoint on disk (nor a finished report)."""
-    if mode not in ("eval", "sweep", "ddls"):
+    if mode not in ("eval", "sweep", "ddls") or "://" in workdir:
         return
     directory = os.path.join(os.path.abspath(workdir), "checkpoints")
     names = os.listdir(directory) if os.path.isdir(directory) else []

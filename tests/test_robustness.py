@@ -308,3 +308,10 @@ def test_sweep_whose_every_cell_is_skipped_says_so(tmp_path):
     with pytest.raises(ValueError, match="Every cell of the sweep was skipped"):
         sweep.run_sweep(config, str(tmp_path))
     assert not (tmp_path / "sweep").exists()
+
+
+def test_object_store_workdirs_are_left_to_the_code_that_writes_there(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    cli_checks.check_workdir("gs://bucket/run", "train")
+    cli_checks.check_checkpoints(ml_collections.ConfigDict(), "gs://bucket/run", "eval")
+    assert os.listdir(tmp_path) == []  # no local "gs:" folder
