@@ -19,6 +19,7 @@ Workdir layout:
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import time
@@ -33,7 +34,7 @@ import losses
 import sampling
 import utils
 from models import utils as mutils
-from training import checkpoints, devices, loop, sample_eval, score_model, steps
+from training import checkpoints, devices, lock, loop, sample_eval, score_model, steps
 
 NONFINITE_HINT = (
     "Lower optim.lr, check the data scaling (data.centered) or set a smaller optim.grad_clip, "
@@ -84,13 +85,24 @@ def _snapshot_sampler(config, sde, model, eps):
 
 
 def train(config, workdir: str):
-    """Runs training (the original `run_lib.train`); resumes from the last good checkpoint."""
+    """Runs training (the original `run_lib.train`); resumes from the last good checkpoint.
+
+    Holds the workdir's training lock (`training/lock.py`) throughout: a second trainer on the
+    same workdir is refused, naming this one's host and pid.
+    """
     schedule = loop.Schedule.from_config(config.training)
     devices.check_batch_size(config.training.batch_size, "training.batch_size")
     devices.check_batch_size(config.eval.batch_size, "eval.batch_size")
     utils.quiet_library_logs()
     workdir = os.path.abspath(workdir)
     os.makedirs(workdir, exist_ok=True)
+    held = lock.acquire(workdir) if utils.is_main_process() else contextlib.nullcontext()
+    with held:
+        return _train(config, workdir, schedule)
+
+
+def _train(config, workdir: str, schedule: loop.Schedule):
+    """`train` once the workdir is locked."""
     utils.write_config(config, workdir)
     sde, sampling_eps = score_model.sde_from_config(config)
     model = mutils.get_model(config)
@@ -110,7 +122,11 @@ def train(config, workdir: str):
         logging.info("Starting from scratch (%d parameters).", utils.count_params(state.params))
         return state
 
-    state = checkpoints.restore_or_init(manager, abstract, init, tx)
+    try:
+        state = checkpoints.restore_or_init(manager, abstract, init, tx)
+    except checkpoints.CheckpointMismatchError:
+        manager.close()
+        raise
     state = jax.device_put(state, state_sharding)
     initial_step = int(state.step)
 
@@ -171,11 +187,11 @@ def train(config, workdir: str):
 # --------------------------------------------------------------------------------------------
 
 
-def _wait_for_checkpoint(manager, step: int, config) -> bool:
-    """Waits for checkpoint `step` while training can still write it (no end_ckpt hang).
+def _wait_for_checkpoint(manager, step: int, config, workdir: str) -> bool:
+    """Waits for checkpoint `step` while a trainer holds the workdir's lock.
 
-    Returns False (after a warning) when the run is over and the step will never exist: the
-    final step `n_iters` is already saved, or nothing changed for `eval.wait_timeout` seconds.
+    Returns False (after a warning) when the step will not appear: no trainer holds the lock,
+    the final step `n_iters` is already saved, or nothing changed for `eval.wait_timeout` s.
     """
     timeout = float(config.eval.get("wait_timeout", 3600.0))
     last_change = time.time()
@@ -184,16 +200,44 @@ def _wait_for_checkpoint(manager, step: int, config) -> bool:
         all_steps = checkpoints.saved_steps(manager)
         if step in all_steps:
             return True
-        if all_steps and max(all_steps) >= config.training.n_iters:
-            logging.warning("Checkpoint step %d does not exist and training is finished.", step)
+        trainer = lock.holder(workdir)
+        if trainer is None or (all_steps and max(all_steps) >= config.training.n_iters):
+            why = "no training holds the workdir" if trainer is None else "training is finished"
+            logging.warning("Checkpoint step %d does not exist and %s.", step, why)
             return False
         if all_steps != seen:
             seen, last_change = all_steps, time.time()
         if time.time() - last_change > timeout:
             logging.warning("Gave up waiting %.0fs for checkpoint step %d.", timeout, step)
             return False
-        logging.info("Waiting for checkpoint step %d in %s ...", step, manager.directory)
+        logging.info(
+            "Waiting for checkpoint step %d in %s (trainer: %s) ...",
+            step, manager.directory, lock.describe(trainer),
+        )  # fmt: skip
         time.sleep(min(60.0, max(timeout / 10, 0.1)))
+
+
+def _check_something_to_evaluate(config, workdir: str) -> None:
+    """Refuses at once a workdir without checkpoints that no trainer is writing to."""
+    ckpt_dir = checkpoints.checkpoint_dir(workdir)
+    if checkpoints.step_dirs(workdir) or lock.holder(workdir) is not None:
+        return
+    raise FileNotFoundError(
+        f"No checkpoint in {ckpt_dir} and no training holds {lock.lock_path(workdir)}: nothing "
+        f"to evaluate (eval.begin_ckpt..end_ckpt = {config.eval.begin_ckpt}.."
+        f"{config.eval.end_ckpt}). Check --workdir, train (--mode train) or convert a checkpoint "
+        "(python -m models.convert)."
+    )
+
+
+def _no_checkpoint_error(config, manager, skipped: list[int]) -> FileNotFoundError:
+    f, e = config.training.snapshot_freq, config.eval
+    corrupt = f"; corrupt: steps {skipped}" if skipped else ""
+    return FileNotFoundError(
+        f"No checkpoint to evaluate: eval.begin_ckpt..end_ckpt = {e.begin_ckpt}..{e.end_ckpt} "
+        f"are steps {e.begin_ckpt * f}..{e.end_ckpt * f} (k * training.snapshot_freq {f}), but "
+        f"{manager.directory} has steps {checkpoints.saved_steps(manager)}{corrupt}."
+    )
 
 
 def _eval_loss(config, eval_step, state, mesh) -> float:
@@ -255,6 +299,7 @@ def evaluate(config, workdir: str, eval_folder: str = "eval") -> list[dict]:
     devices.check_batch_size(config.eval.batch_size, "eval.batch_size")
     utils.quiet_library_logs()
     workdir = os.path.abspath(workdir)
+    _check_something_to_evaluate(config, workdir)
     eval_dir = os.path.join(workdir, eval_folder)
     os.makedirs(eval_dir, exist_ok=True)
     sde, sampling_eps = score_model.sde_from_config(config)
@@ -269,43 +314,62 @@ def evaluate(config, workdir: str, eval_folder: str = "eval") -> list[dict]:
         state_sharding,
         devices.batch_sharding(mesh),
     )
-    manager = checkpoints.checkpoint_manager(workdir, config.training.snapshot_freq)
     writer = utils.MetricWriter(eval_dir, tensorboard=False)
-    reports = []
-    for ckpt in range(config.eval.begin_ckpt, config.eval.end_ckpt + 1):
-        step = ckpt * config.training.snapshot_freq
-        report_path = os.path.join(eval_dir, f"report_{ckpt}.json")
-        if os.path.exists(report_path):
-            with open(report_path) as f:
-                reports.append(json.load(f))
-            continue
-        if not _wait_for_checkpoint(manager, step, config):
-            break
-        restored = checkpoints.restore_checkpoint(manager, abstract, step, tx)
-        state = jax.device_put(restored, state_sharding)
-        folder = os.path.join(eval_dir, f"ckpt_{ckpt}")
-        os.makedirs(folder, exist_ok=True)
-        report = _evaluate_checkpoint(
-            config, ckpt, step, state, sde, model, sampling_eps, eval_step, folder, mesh
-        )
-        writer.write(step, **{k: v for k, v in report.items() if k not in ("ckpt", "step")})
-        if utils.is_main_process():
-            with open(report_path, "w") as f:
-                json.dump(report, f, indent=2)
-        reports.append(report)
+    reports, corrupt = [], []
+    with checkpoints.checkpoint_manager(workdir, config.training.snapshot_freq) as manager:
+        for ckpt in range(config.eval.begin_ckpt, config.eval.end_ckpt + 1):
+            step = ckpt * config.training.snapshot_freq
+            report_path = os.path.join(eval_dir, f"report_{ckpt}.json")
+            if os.path.exists(report_path):
+                with open(report_path) as f:
+                    reports.append(json.load(f))
+                continue
+            if not _wait_for_checkpoint(manager, step, config, workdir):
+                if step < max(checkpoints.saved_steps(manager), default=-1):
+                    continue  # a gap (e.g. a deleted checkpoint): later ones exist
+                break
+            restored = _restore_or_report(manager, abstract, ckpt, step, tx)
+            if restored is None:
+                corrupt.append(step)
+                continue
+            state = jax.device_put(restored, state_sharding)
+            folder = os.path.join(eval_dir, f"ckpt_{ckpt}")
+            os.makedirs(folder, exist_ok=True)
+            report = _evaluate_checkpoint(
+                config, ckpt, step, state, sde, model, sampling_eps, eval_step, folder, mesh
+            )
+            writer.write(step, **{k: v for k, v in report.items() if k not in ("ckpt", "step")})
+            if utils.is_main_process():
+                with open(report_path, "w") as f:
+                    json.dump(report, f, indent=2)
+            reports.append(report)
+        if not reports:
+            raise _no_checkpoint_error(config, manager, corrupt)
     _write_summary(reports, os.path.join(eval_dir, "summary.md"))
-    manager.close()
     return reports
+
+
+def _restore_or_report(manager, abstract, ckpt: int, step: int, tx):
+    """Checkpoint `step`, or None after one error line when it is damaged (evaluation goes on
+    to the next; it never moves a checkpoint). A checkpoint of another model raises."""
+    try:
+        return checkpoints.restore_checkpoint(manager, abstract, step, tx)
+    except checkpoints.CheckpointMismatchError:
+        raise
+    except Exception as e:  # noqa: BLE001 - a damaged checkpoint: report it, go on
+        logging.error("Checkpoint %d (step %d) in %s is corrupt, skipped: %s",
+                      ckpt, step, manager.directory, checkpoints.error_line(e))  # fmt: skip
+        return None
 
 
 def _write_summary(reports: list[dict], path: str) -> None:
     if not reports or not utils.is_main_process():
         return
     keys = sorted({k for r in reports for k in r} - {"ckpt", "step"})
-    lines = ["| ckpt | step | " + " | ".join(keys) + " |", "|---" * (len(keys) + 2) + "|"]
+    lines = ["| " + " | ".join(["ckpt", "step", *keys]) + " |", "|---" * (len(keys) + 2) + "|"]
     for r in reports:
         cells = [f"{r[k]:.4g}" if isinstance(r.get(k), float) else str(r.get(k, "")) for k in keys]
-        lines.append(f"| {r['ckpt']} | {r['step']} | " + " | ".join(cells) + " |")
+        lines.append("| " + " | ".join([str(r["ckpt"]), str(r["step"]), *cells]) + " |")
     with open(path, "w") as f:
         f.write("\n".join(lines) + "\n")
 

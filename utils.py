@@ -104,14 +104,46 @@ class MetricWriter:
                     self._tf.summary.scalar(k, v, step=int(step))
             self._tb.flush()
 
+    def drop_after(self, step: int) -> int:
+        """Removes the lines of steps after `step` (a resumed run writes them again); returns
+        how many were removed. The file is rewritten atomically (process 0 only)."""
+        if not is_main_process() or not os.path.exists(self.path):
+            return 0
+        with open(self.path) as f:
+            lines = [line for line in f if line.strip()]
+        # A line cut short by a kill (no step to read) is dropped too.
+        keep = [line for line in lines if _json_step(line, step + 1) <= step]
+        if len(keep) < len(lines):
+            write_atomic(self.path, "".join(keep))
+            logging.info(
+                "%s: dropped %d lines after step %d.", self.path, len(lines) - len(keep), step
+            )
+        return len(lines) - len(keep)
+
     def close(self) -> None:
         if self._tb is not None:
             self._tb.close()
 
 
 def read_metrics(path: str) -> list[dict]:
+    """The records of a `metrics.jsonl`, one per step in step order: the lines of one step are
+    merged, later lines overriding earlier values (a step written again after a resume, or by a
+    run before its workdir was locked, shows its latest value)."""
+    merged: dict[int, dict] = {}
     with open(path) as f:
-        return [json.loads(line) for line in f if line.strip()]
+        for line in f:
+            if _json_step(line, None) is not None:
+                record = json.loads(line)
+                merged.setdefault(record["step"], {}).update(record)
+    return [merged[step] for step in sorted(merged)]
+
+
+def _json_step(line: str, default):
+    """The `step` of one metrics line, or `default` for a blank or damaged line."""
+    try:
+        return int(json.loads(line)["step"])
+    except (ValueError, KeyError, TypeError):
+        return default
 
 
 def to_uint8(images) -> np.ndarray:

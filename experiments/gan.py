@@ -181,7 +181,7 @@ def restore_gan(config, workdir: str) -> GANState:
     """
     _, _, _, abstract = build(config)
     manager = checkpoints.checkpoint_manager(workdir, config.training.snapshot_freq)
-    state, step = checkpoints.restore_latest_good(manager, abstract)
+    state, step = checkpoints.restore_latest_good(manager, abstract, move_aside=False)
     manager.close()
     if state is None:
         raise FileNotFoundError(

@@ -198,6 +198,12 @@ def run_sweep(config, workdir: str, shard: str = "0/1") -> list[dict]:
     spec = get_sweep_spec(config)
     runs = get_runs(config, workdir, spec)
     cells = enumerate_cells(spec, runs)
+    if not cells:
+        raise ValueError(
+            f"Every cell of the sweep was skipped (the warnings above say why): config.sweep "
+            f"columns {list(spec.columns)}, samplers {list(spec.samplers)}, nfe {list(spec.nfe)}; "
+            "give more steps or other samplers."
+        )
     out_dir = os.path.join(os.path.abspath(workdir), "sweep")
     mine = shard_cells(cells, index, count)
     logging.info(

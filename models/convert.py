@@ -20,7 +20,10 @@ and both shapes, or the unexpected / missing paths); nothing is half-loaded.
 
 Our own checkpoint layout, written by `save_converted`: an Orbax `CheckpointManager` in
 `<workdir>/checkpoints`, one step-numbered checkpoint holding `{"step", "params", "ema_params"}`
-(`opt_state` omitted: a converted checkpoint has none).
+(`opt_state` omitted: a converted checkpoint has none). The CLI stores the originals'
+`checkpoint_k` (saved at step k * snapshot_freq + 1 by PyTorch, + n_jitted_steps by JAX) at
+step k * snapshot_freq, where `main.py --mode eval --config.eval.begin_ckpt=k` reads it
+(`checkpoint_step`); `<workdir>/converted.json` records each source file and its own step.
 
 CLI:
     python -m models.convert --config configs/ve/cifar10_ncsnpp_continuous.py \
@@ -30,6 +33,7 @@ CLI:
 """
 
 import collections
+import json
 import os
 import re
 from collections.abc import Mapping, Sequence
@@ -445,12 +449,56 @@ def load_converted(workdir: str | os.PathLike, step: int | None = None) -> dict:
 # ---------------------------------------------------------------------------------------------
 
 
-def _step_from(obj: Any, path: str) -> int:
-    """The checkpoint's own step if it has one, else the number in `checkpoint_<N>`."""
+def _source_step(obj: Any) -> int | None:
+    """The step a checkpoint records (score_sde_pytorch `step`, flax `State.step`), if any."""
     if isinstance(obj, Mapping) and "step" in obj and np.ndim(obj["step"]) == 0:
         return int(obj["step"])
-    match = re.search(r"(\d+)(\.pth)?$", os.path.basename(path))
-    return int(match.group(1)) if match else 0
+    return None
+
+
+def checkpoint_step(source_step: int | None, path: str, config) -> tuple[int, str]:
+    """The step a converted checkpoint is stored at, so that `--mode eval` finds it as ckpt k.
+
+    The originals save `checkpoint_k` after the step counter moved past k * snapshot_freq:
+    score_sde_pytorch at k * snapshot_freq + 1, the JAX original at k * snapshot_freq +
+    n_jitted_steps. `evaluate` reads ckpt k at exactly k * snapshot_freq (our trainer saves
+    there), so such a step is stored as k * snapshot_freq; the source step is logged and kept
+    in `<workdir>/converted.json`. A step between snapshots (a preemption checkpoint) is kept
+    as it is. Without a step in the file (a bare state dict), k comes from the file name
+    `checkpoint_<k>[.pth]` (else step 0).
+
+    Returns:
+      `(step, how)`: the step to store, and a phrase saying how it was chosen.
+    """
+    freq = int(config.training.snapshot_freq)
+    offset_max = max(1, int(config.training.get("n_jitted_steps", 1)))
+    if source_step is not None:
+        k, offset = divmod(source_step, freq)
+        if offset == 0:
+            return source_step, f"its step {source_step} = ckpt {k} x snapshot_freq {freq}"
+        if offset <= offset_max:
+            return (
+                k * freq,
+                f"its step {source_step} = ckpt {k} x {freq} + {offset} (saved after the step)",
+            )
+        return source_step, f"its step {source_step}, between snapshots (not a ckpt index)"
+    match = re.search(r"checkpoint_(\d+)(\.pth)?$", os.path.basename(path))
+    if match:
+        k = int(match.group(1))
+        return k * freq, f"no step inside; ckpt {k} from the file name x snapshot_freq {freq}"
+    return 0, "no step inside and no checkpoint_<k> name: stored as step 0"
+
+
+def _record_source(workdir: str, step: int, record: dict) -> None:
+    """Adds `{step: record}` to `<workdir>/converted.json` (where each converted step came from)."""
+    path = os.path.join(os.path.abspath(workdir), "converted.json")
+    entries = {}
+    if os.path.exists(path):
+        with open(path) as f:
+            entries = json.load(f)
+    entries[str(step)] = record
+    with open(path, "w") as f:
+        json.dump(entries, f, indent=2, sort_keys=True)
 
 
 def _count(tree) -> int:
@@ -466,11 +514,12 @@ def convert_main(
     if pytorch is not None:
         raw = pth.read_pth(pytorch)
         variables = from_pytorch(raw, config, use_ema=use_ema)
-        source, step = pytorch, _step_from(raw, pytorch)
+        source, source_step = pytorch, _source_step(raw)
     else:
         state = read_flax_msgpack(jax_ckpt)
         variables = {"params": _params_from_flax_state(state, config, use_ema)}
-        source, step = jax_ckpt, _step_from(state, jax_ckpt)
+        source, source_step = jax_ckpt, _source_step(state)
+    step, how = checkpoint_step(source_step, source, config)
     logging.info(
         "Converted %s (%s weights, %d parameters) for model %s",
         source,
@@ -479,7 +528,10 @@ def convert_main(
         config.model.name,
     )
     directory = save_converted(workdir, variables, step)
-    logging.info("Wrote step %d to %s", step, directory)
+    _record_source(workdir, step, {"source": os.path.abspath(source), "source_step": source_step,
+                                   "ema": use_ema, "how": how})  # fmt: skip
+    logging.info("Wrote step %d (%s) to %s; evaluate it with --config.eval.begin_ckpt=%d",
+                 step, how, directory, step // config.training.snapshot_freq)  # fmt: skip
     return directory
 
 

@@ -7,7 +7,7 @@ Layers, lowest first; an import may point down or sideways, never up:
   3 data/metrics datasets, datasets_offline, evaluation
   4 runtime      training
   5 orchestration run_lib, experiments
-  6 command line main, sweep (and every `if __name__ == "__main__":` block)
+  6 command line main, cli_checks, sweep (and every `if __name__ == "__main__":` block)
 Rules: no import cycles; no import against the layer order; no module uses another module's
 `_private` name; project imports sit at module level (the command line excepted); importing a
 module changes nothing global (no top-level calls, no assignments into other modules, no
@@ -44,6 +44,7 @@ LAYERS = {
     "run_lib": 5,
     "experiments": 5,
     "main": 6,
+    "cli_checks": 6,  # main.py's checks before the heavy imports
     "sweep": 6,
 }
 CLI_LAYER = 6
