@@ -127,6 +127,7 @@ def _train(config, workdir: str, schedule: loop.Schedule):
     except checkpoints.CheckpointMismatchError:
         manager.close()
         raise
+    devices.barrier("train:start")  # every host restored: the first collective follows
     state = jax.device_put(state, state_sharding)
     initial_step = int(state.step)
 

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import jax
 import numpy as np
+from jax._src import distributed
 from jax.experimental import multihost_utils
 from jax.sharding import NamedSharding
 from jax.sharding import PartitionSpec as P
@@ -64,3 +65,16 @@ def check_batch_size(batch_size: int, field: str = "training.batch_size") -> Non
             f"config.{field}={batch_size} must be a positive multiple of the number of devices "
             f"({jax.device_count()}); set --config.{field}"
         )
+
+
+def barrier(name: str, timeout_s: float = 3600.0) -> None:
+    """Waits until every process reaches `name` (no-op on one process).
+
+    Uses the coordination service, whose timeout is ours to set: hosts do different amounts of
+    host-side work before the first collective (process 0 takes the lock, writes files; data
+    loading and compilation vary), and the CPU collectives (gloo) give up on a rendezvous that
+    one host reaches more than 30 s after another.
+    """
+    client = distributed.global_state.client
+    if jax.process_count() > 1 and client is not None:
+        client.wait_at_barrier(f"score_sde:{name}", int(timeout_s * 1000))
