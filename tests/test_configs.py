@@ -16,7 +16,7 @@ import pytest
 CONFIGS_DIR = pathlib.Path(__file__).resolve().parents[1] / "configs"
 
 # Names the rest of the code base accepts (score_sde's registries).
-SDES = {"vesde", "vpsde", "subvpsde"}
+SDES = {"vesde", "vpsde", "subvpsde", "tutorialvesde"}
 MODELS = {"ncsnpp", "ddpm", "ncsn", "ncsnv2_64", "ncsnv2_128", "ncsnv2_256"}
 PREDICTORS = {"euler_maruyama", "reverse_diffusion", "ancestral_sampling", "none"}
 CORRECTORS = {"langevin", "ald", "none"}
@@ -69,9 +69,11 @@ def flat(config):
 
 
 def test_discovery_finds_every_config():
-    # 42 original experiment configs - 3 defaults + 4 tiny testing configs + 1 demo config.
-    assert len(EXPERIMENTS) == 44, EXPERIMENTS
+    # 42 original experiment configs - 3 defaults + 4 tiny testing configs + 1 demo config
+    # + 2 tutorial-SDE configs (sigma 25 and 50).
+    assert len(EXPERIMENTS) == 46, EXPERIMENTS
     assert sum(e.startswith("demo.") for e in EXPERIMENTS) == 1
+    assert sum(e.startswith("tutorial.") for e in EXPERIMENTS) == 2
     assert len(DEFAULT_MODULES) == 4, DEFAULT_MODULES
     assert sum(e.startswith("testing.") for e in EXPERIMENTS) == 4
     # DDLS: two DCGAN configs and their tiny testing variant.
@@ -336,7 +338,9 @@ def test_paper_value(name, key, expected):
 
 def test_expected_table_covers_every_original_config():
     originals = {
-        e.replace(".", "/") for e in EXPERIMENTS if not e.startswith(("testing.", "demo."))
+        e.replace(".", "/")
+        for e in EXPERIMENTS
+        if not e.startswith(("testing.", "demo.", "tutorial."))
     }
     assert set(EXPECTED) == originals
 
@@ -356,6 +360,8 @@ EMA_EXCEPTIONS = {
     "ve/ncsn/celeba_124": 0.0,
     # Project demo: a 1500-step run needs a shorter EMA horizon.
     "demo/fashion_mnist_ddpmpp": 0.995,
+    "tutorial/fashion_mnist_sigma25": 0.995,
+    "tutorial/fashion_mnist_sigma50": 0.995,
 }
 
 
