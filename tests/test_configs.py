@@ -79,6 +79,7 @@ def test_discovery_finds_every_config():
     # DDLS: two DCGAN configs and their tiny testing variant.
     assert sorted(GAN_EXPERIMENTS) == [
         "ddls.cifar10_dcgan",
+        "ddls.cifar10_dcgan_pretrained",
         "ddls.fashion_mnist_dcgan",
         "testing.dcgan_tiny",
     ]
@@ -582,7 +583,12 @@ def test_get_config_returns_fresh_objects():
 # --------------------------------------------------------------------------------------------
 # DDLS: DCGAN configs (experiments.gan.train, experiments.ddls.run_ddls).
 
-DCGAN = ["ddls/cifar10_dcgan", "ddls/fashion_mnist_dcgan", "testing/dcgan_tiny"]
+DCGAN = [
+    "ddls/cifar10_dcgan",
+    "ddls/fashion_mnist_dcgan",
+    "testing/dcgan_tiny",
+    "ddls/cifar10_dcgan_pretrained",
+]
 
 
 @pytest.mark.parametrize("name", DCGAN)
@@ -627,7 +633,7 @@ def test_dcgan_config_values(name, fields):
 
 def test_dcgan_configs_share_one_key_tree_and_tiny_only_shrinks():
     trees = [set(flat(get(name))) for name in DCGAN]
-    assert trees[0] == trees[1] == trees[2]
+    assert all(tree == trees[0] for tree in trees)
     small, big = flat(get("testing/dcgan_tiny")), flat(get("ddls/cifar10_dcgan"))
     changed = {k for k in small if small[k] != big[k]}
     assert {k.split(".")[0] for k in changed} <= {"training", "data", "model", "eval", "ddls"}
