@@ -13,7 +13,8 @@ time per sample and fd in the offline Fashion-MNIST feature space (the extractor
 
 Trains a model per sigma (configs/tutorial/fashion_mnist_sigma<sigma>.py) where the workdir has
 no checkpoint; each finished cell is cached in `<workdir>/bench_tutorial_sde.json`, so a killed
-run resumes. Writes bench/results/tutorial_sde.{json,md,png}.
+run resumes; the report shows every cached cell of the current checkpoints, so a sigma may be
+run with fewer NFE budgets than another. Writes bench/results/tutorial_sde.{json,md,png}.
 """
 
 import argparse
@@ -117,7 +118,11 @@ def _run_sigma(args, sigma: int, extractor):
             if scheme == "sra1" and nfe == max(args.nfe):
                 grid = utils.image_grid(samples[:64])
                 utils.save_png(grid, os.path.join(workdir, f"samples_sra1_{nfe}.png"))
-    return step, [cache[f"{s}@{n}"] for n in args.nfe for s in SCHEMES]
+    # Every cell of this checkpoint, also NFE budgets of earlier runs (so a sigma can be run
+    # with fewer budgets than another and the report still shows all of them).
+    rows = [r for r in cache.values() if r["checkpoint_step"] == step]
+    order = list(SCHEMES)
+    return step, sorted(rows, key=lambda r: (r["nfe"], order.index(r["scheme"])))
 
 
 def _markdown(rows, steps, reference, name, num_samples) -> str:
