@@ -113,7 +113,8 @@ def _strip(rows: list[np.ndarray], ncol: int) -> np.ndarray:
 
 def run(config, workdir: str, *, num: int = 8, pair: tuple[int, int] = (0, 1), steps: int = 9,
         interpolation: str = "slerp", split: str = "test", image_folder: str | None = None,
-        rtol: float = 1e-5, atol: float = 1e-5, out_dir: str | None = None) -> dict:  # fmt: skip
+        rtol: float = 1e-5, atol: float = 1e-5, eps: float = ENCODE_EPS,
+        out_dir: str | None = None) -> dict:  # fmt: skip
     """Encodes `num` images, decodes them, interpolates between images `pair`; writes `out_dir`.
 
     Returns:
@@ -141,7 +142,7 @@ def run(config, workdir: str, *, num: int = 8, pair: tuple[int, int] = (0, 1), s
     )
     images = controllable.load_images(config, image_folder=image_folder, split=split, num=num)
     x = jnp.asarray(scaler(images))
-    encode, decode = get_codec(sde, score_fn, rtol=rtol, atol=atol)
+    encode, decode = get_codec(sde, score_fn, eps=eps, rtol=rtol, atol=atol)
     key = jax.random.fold_in(jax.random.key(config.seed), 13)
     enc_key, dec_key = jax.random.split(key)
     # Images -> latents.
@@ -170,7 +171,7 @@ def run(config, workdir: str, *, num: int = 8, pair: tuple[int, int] = (0, 1), s
         "num_images": num,
         "rtol": rtol,
         "atol": atol,
-        "eps": ENCODE_EPS,
+        "eps": eps,
         "round_trip": errors,
         "nfe_encode": int(nfe_enc),
         "nfe_decode": int(nfe_dec),
@@ -191,7 +192,7 @@ def main(argv):
     pair = tuple(int(v) for v in f.pair.split(","))
     summary = run(f.config, f.workdir, num=f.num, pair=pair, steps=f.steps,
                   interpolation=f.interpolation, split=f.split, image_folder=f.image_folder,
-                  rtol=f.rtol, atol=f.atol, out_dir=f.out)  # fmt: skip
+                  rtol=f.rtol, atol=f.atol, eps=f.eps, out_dir=f.out)  # fmt: skip
     print(json.dumps(summary, indent=2))
 
 
@@ -207,6 +208,7 @@ def define_flags():
     flags.DEFINE_string("image_folder", None, "Folder of input images (else --split).")
     flags.DEFINE_float("rtol", 1e-5, "Relative tolerance of both ODE solves.")
     flags.DEFINE_float("atol", 1e-5, "Absolute tolerance of both ODE solves.")
+    flags.DEFINE_float("eps", ENCODE_EPS, "Time of the data end of the flow (both directions).")
     flags.DEFINE_string("out", None, "Output folder (default <workdir>/encode).")
     flags.mark_flags_as_required(["config", "workdir"])
 
