@@ -55,8 +55,7 @@ def test_score_fn_feeds_the_marginal_std_and_refuses_discrete():
 
 
 def test_tiny_network_output_is_divided_by_std():
-    """A tiny NCSN++ with `scale_by_sigma`: std(t) x score is the unscaled network output, and
-    the DSM loss of the config is finite."""
+    """A tiny NCSN++ with `scale_by_sigma`: std(t) x score is the unscaled network output."""
     config = fashion_mnist_sigma25.get_config()
     config.model.nf, config.model.ch_mult, config.model.attn_resolutions = 8, (1, 2), ()
     config.data.image_size = 8
@@ -69,9 +68,6 @@ def test_tiny_network_output_is_divided_by_std():
     score = mutils.get_score_fn(sde, model, params, continuous=True)(x, t)
     raw = model.clone(scale_by_sigma=False).apply({"params": params}, x, std, train=False)
     np.testing.assert_allclose(score * std[:, None, None, None], raw, rtol=1e-4, atol=1e-6)
-    loss_fn = score_model.score_loss_fn(config, sde, model, train=False)
-    loss = loss_fn(jax.random.key(2), params, x)
-    assert np.isfinite(float(loss))
 
 
 @pytest.mark.parametrize("predictor", ["euler_maruyama", "reverse_diffusion", "platen", "sra1"])
