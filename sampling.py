@@ -17,8 +17,8 @@ Parity notes (deliberate, each matches the original code):
   * The Langevin step size uses batch means of the per-example score and noise norms. Under
     `jax.jit` with a sharded batch, `jnp.mean` is a global mean (the original `pmean`).
 Departure: the returned NFE counts real score evaluations (a `none` predictor or corrector costs
-nothing, the two-stage `sra1` / `stochastic_heun` predictors two: `PREDICTOR_NFE`), whereas the
-original reports the nominal `N (n_steps + 1)`.
+nothing, the two-stage `sra1` / `stochastic_heun` predictors two, `platen` one: `PREDICTOR_NFE`),
+whereas the original reports the nominal `N (n_steps + 1)`.
 """
 
 from __future__ import annotations
@@ -120,6 +120,8 @@ PREDICTORS = {
     # Two-stage stochastic Runge-Kutta methods for the additive-noise reverse SDE (sde_solvers).
     "sra1": sde_solvers.sra1_update,
     "stochastic_heun": sde_solvers.stochastic_heun_update,
+    # Platen's derivative-free Milstein scheme: Euler-Maruyama for additive noise (sde_solvers).
+    "platen": sde_solvers.platen_update,
     "none": none_predictor_update,
 }
 

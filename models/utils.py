@@ -193,9 +193,12 @@ def get_score_fn(
     * VE: the network is the score (divided by sigma inside, via `scale_by_sigma`). Continuous
       models take `labels = sigma(t)`; discrete ones the index `round((T - t) (N - 1))` into
       the descending sigmas (t = T is label 0 = sigma_max).
+    * The tutorial's VE SDE (`TutorialVESDE`, continuous only): as continuous VE, `labels =
+      std(t)` = `sqrt((sigma^(2t) - 1) / (2 ln sigma))`; with `scale_by_sigma` the network
+      output is divided by std(t), which is the tutorial ScoreNet's `h / marginal_prob_std(t)`.
 
     Args:
-      sde: an `sde_lib.VPSDE`, `subVPSDE` or `VESDE`.
+      sde: an `sde_lib.VPSDE`, `subVPSDE`, `VESDE` or `TutorialVESDE`.
       model: the Flax score network.
       params: its params.
       states: other variable collections (read-only).
@@ -224,6 +227,18 @@ def get_score_fn(
                 std = table[labels.astype(jnp.int32)]
             out = model_fn(x, labels, key)
             return -out / sde_lib.batch_bcast(std, x)
+
+    elif isinstance(sde, sde_lib.TutorialVESDE):
+        if not continuous:
+            raise ValueError(
+                "TutorialVESDE has no discrete noise table: train it with training.continuous=True"
+            )
+
+        def score_fn(x: Array, t: Array, key: Array | None = None) -> Array:
+            # As continuous VE: the labels are the marginal std, and a `scale_by_sigma` network
+            # divides its output by them (the tutorial's ScoreNet divides by std(t) too).
+            labels = sde.marginal_prob(jnp.zeros_like(x), t)[1]
+            return model_fn(x, labels, key)
 
     elif isinstance(sde, sde_lib.VESDE):
 

@@ -30,6 +30,9 @@ def sde_from_config(config) -> tuple[sde_lib.SDE, float]:
     if name in ("vpsde", "subvpsde"):
         cls = sde_lib.VPSDE if name == "vpsde" else sde_lib.subVPSDE
         return cls(m.beta_min, m.beta_max, m.num_scales), 1e-3
+    if name == "tutorialvesde":
+        # The tutorial's `dx = sigma^t dw` (model.sigma); it samples down to t = 1e-3.
+        return sde_lib.TutorialVESDE(m.sigma, m.num_scales), 1e-3
     raise ValueError(
         f"Unknown config.training.sde {config.training.sde!r}; valid: {sorted(sde_lib.SDES)}"
     )
