@@ -75,7 +75,20 @@ def path(p) -> epath.Path:
 
 
 def _remote(p) -> epath.Path:
+    _fresh_listings()
     return epath.Path(os.fspath(p))
+
+
+def _fresh_listings() -> None:
+    """fsspec clients (gcsfs, s3fs) cache folder listings forever by default, so a checkpoint
+    or a lock that another process writes would never show up (evaluation waiting for a
+    trainer). Turned off, unless configured otherwise, before etils.epath makes its client."""
+    try:
+        from fsspec import config  # lazy: only object stores need it
+    except ImportError:
+        return
+    for protocol in ("gs", "gcs", "s3"):
+        config.conf.setdefault(protocol, {}).setdefault("use_listings_cache", False)
 
 
 def exists(p) -> bool:

@@ -9,6 +9,7 @@ since then, which a resumed run writes again (it restarts from its last checkpoi
 
 from __future__ import annotations
 
+import atexit
 import contextlib
 import io
 import json
@@ -260,6 +261,9 @@ class RemoteLogHandler(std_logging.Handler):
         self._text = fileio.read_text(path) if fileio.exists(path) else ""
         self._pending: list[str] = []
         self._last_flush = time.time()
+        # At exit before the object store's client closes its session (atexit runs last-in
+        # first-out; `logging.shutdown`, registered when logging was imported, comes too late).
+        atexit.register(self.flush)
 
     def emit(self, record) -> None:
         try:

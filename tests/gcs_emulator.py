@@ -86,7 +86,8 @@ def list_objects(prefix: str) -> list[str]:
     """Every object name under `gs://<prefix>`, listed through gcsfs (a fresh client)."""
     import gcsfs
 
-    fs = gcsfs.GCSFileSystem(token="anon", endpoint_url=os.environ["STORAGE_EMULATOR_HOST"])
+    fs = gcsfs.GCSFileSystem(token="anon", endpoint_url=os.environ["STORAGE_EMULATOR_HOST"],
+                             skip_instance_cache=True, use_listings_cache=False)  # fmt: skip
     return sorted(fs.find(prefix))
 
 

@@ -14,12 +14,12 @@ import subprocess
 import sys
 import time
 
+import gcs_emulator as emu
 import numpy as np
 import pytest
+from test_run_lib import make_npz, tiny_config
 
 import fileio
-import gcs_emulator as emu
-from test_run_lib import make_npz, tiny_config
 from training import checkpoints, lock
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -72,7 +72,9 @@ def remote_run(gcs_emulator, tmp_path_factory):
     done = subprocess.run(main_cmd(data_path, "train", final), env=env(), cwd=cwd,
                           capture_output=True, text=True, timeout=300)  # fmt: skip
     assert done.returncode == 0, done.stderr[-3000:]
-    assert f"Resumed from checkpoint step {resumed_from}" in done.stderr
+    resumed = [line for line in done.stderr.splitlines() if "Resumed" in line or "scratch" in line]
+    assert any(f"Resumed from checkpoint step {resumed_from}" in line for line in resumed), resumed
+    assert "Could not write" not in done.stderr, done.stderr[-3000:]
     return data_path, final, cwd, {"killed": killed_out, "resumed": done.stderr}
 
 

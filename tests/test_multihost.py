@@ -16,11 +16,11 @@ import sys
 
 import numpy as np
 import pytest
+from test_run_lib import make_npz, tiny_config
 
 import run_lib
 from configs.testing import dcgan_tiny
 from experiments import extractor, gan
-from test_run_lib import make_npz, tiny_config
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -106,9 +106,17 @@ def run_two(config, mode, workdirs):
     port = 21000 + os.getpid() % 20000
     procs = [
         subprocess.Popen(
-            _cmd(config, mode, workdirs[i], f"--coordinator_address=127.0.0.1:{port}",
-                 "--num_processes=2", f"--process_id={i}"),
-            env=_env(4), stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+            _cmd(
+                config,
+                mode,
+                workdirs[i],
+                f"--coordinator_address=127.0.0.1:{port}",
+                "--num_processes=2",
+                f"--process_id={i}",
+            ),
+            env=_env(4),
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
         )  # fmt: skip
         for i in range(2)
     ]
@@ -152,7 +160,9 @@ def test_eval_two_processes_equal_one(setup):
     for r in range(2):  # byte-identical samples
         a = np.load(mine / "eval" / "ckpt_2" / f"samples_{r}.npz")["samples"]
         np.testing.assert_array_equal(a, np.load(s_dir / f"samples_{r}.npz")["samples"])
-    assert (mine / "eval" / "summary.md").read_text() == (single / "eval" / "summary.md").read_text()
+    assert (mine / "eval" / "summary.md").read_text() == (
+        single / "eval" / "summary.md"
+    ).read_text()
     assert not (other / "eval" / "report_2.json").exists()  # only process 0 writes
     assert not list((other / "eval").glob("ckpt_2/*.npz"))
 
