@@ -36,7 +36,7 @@ from samplers.controllable import (
     get_pc_conditional_sampler,
     get_pc_inpainter,
 )
-from training import checkpoints, score_model
+from training import checkpoints, devices, score_model
 
 # --------------------------------------------------------------------------------------------
 # Masks, inputs and the command-line modes.
@@ -108,7 +108,8 @@ def load_images(config, *, image_folder: str | None = None, split: str = "test",
     batch = next(iter(train_ds if split == "train" else eval_ds), None)
     if batch is None:
         raise ValueError(f"The {split} split has fewer than --num={num} images")
-    return np.asarray(batch["image"], np.float32)
+    # Multi-host: each host reads its block of the batch; every host gets all `num` images.
+    return devices.allgather_host(np.asarray(batch["image"], np.float32))
 
 
 def _on_one_device(params):
@@ -285,9 +286,11 @@ MODES = ["train_classifier", "conditional", "inpaint", "colorize"]
 
 def main(argv):
     del argv
+    f = flags.FLAGS
+    if f.distributed or f.coordinator_address:  # multi-host, as main.py
+        jax.distributed.initialize(f.coordinator_address, f.num_processes, f.process_id)
     utils.quiet_library_logs()
     utils.hide_gpus_from_tf()  # TensorFlow starts here, its start-up notices filtered
-    f = flags.FLAGS
     labels = [int(v) for v in f.labels.split(",") if v.strip()] if f.labels else None
     path = run(
         f.config,
@@ -318,5 +321,9 @@ def define_flags():
     flags.DEFINE_string("mask", "half", f"Inpainting mask: {', '.join(sorted(MASKS))}.")
     flags.DEFINE_string("image_folder", None, "Folder of input images (else --split).")
     flags.DEFINE_string("split", "test", "Dataset split of the inputs: test or train.")
+    flags.DEFINE_bool("distributed", False, "Call jax.distributed.initialize (multi-host).")
+    flags.DEFINE_string("coordinator_address", None, "host:port of process 0 (multi-host).")
+    flags.DEFINE_integer("num_processes", None, "Number of processes (multi-host).")
+    flags.DEFINE_integer("process_id", None, "This process's id (multi-host).")
     flags.DEFINE_integer("num", 16, "Number of images / samples.")
     flags.mark_flags_as_required(["config", "workdir", "mode"])

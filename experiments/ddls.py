@@ -138,6 +138,11 @@ def run_ddls(config, workdir: str, eval_folder: str = "ddls") -> list[dict]:
     folder = fileio.makedirs(fileio.join(workdir, eval_folder))
     generator, discriminator, _, _ = gan.build(config)
     state = gan.restore_gan(config, workdir)
+    if jax.process_count() > 1:
+        # The chains' jitted functions close over the GAN's weights, and a jit may not close
+        # over arrays that span other hosts' devices: every host takes its local replica as
+        # NumPy constants (single-host runs keep the device arrays).
+        state = jax.tree.map(lambda a: np.asarray(a.addressable_data(0)), state)
     logit_fn = get_logit_fn(generator, discriminator, state)
     c = config.ddls
     record_steps = sorted(set(int(k) for k in c.record_steps))

@@ -48,8 +48,11 @@ def env():
 
 
 def bucket_steps() -> list[int]:
+    """The finished checkpoints in the bucket (Orbax writes `commit_success.txt` last on GCS,
+    which has no atomic rename; a killed save leaves a step folder without it)."""
     names = emu.list_objects("test-bucket/run/checkpoints")
-    return sorted({int(n.split("/")[3]) for n in names if n.split("/")[3].isdigit()})
+    parts = [n.split("/") for n in names]
+    return sorted(int(p[3]) for p in parts if p[3].isdigit() and p[4:] == ["commit_success.txt"])
 
 
 @pytest.fixture(scope="module")
@@ -72,7 +75,8 @@ def remote_run(gcs_emulator, tmp_path_factory):
     done = subprocess.run(main_cmd(data_path, "train", final), env=env(), cwd=cwd,
                           capture_output=True, text=True, timeout=300)  # fmt: skip
     assert done.returncode == 0, done.stderr[-3000:]
-    resumed = [line for line in done.stderr.splitlines() if "Resumed" in line or "scratch" in line]
+    words = ("Resumed", "scratch", "restored", "corrupt")
+    resumed = [line for line in done.stderr.splitlines() if any(w in line for w in words)]
     assert any(f"Resumed from checkpoint step {resumed_from}" in line for line in resumed), resumed
     assert "Could not write" not in done.stderr, done.stderr[-3000:]
     return data_path, final, cwd, {"killed": killed_out, "resumed": done.stderr}
