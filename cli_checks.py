@@ -155,9 +155,8 @@ def check_workdir(workdir: str, mode: str) -> None:
 def check_checkpoints(config, workdir: str, mode: str, eval_folder: str = "eval") -> None:
     """Modes that read checkpoints: refuse at once a workdir with none and no live trainer;
     `eval`: also a checkpoint range with no checkpoint on disk (nor a finished report)."""
-    if mode not in ("eval", "sweep", "ddls"):
-        return
-    # Local or gs:// alike (through fileio; an object store is asked over the network).
+    if mode not in ("eval", "sweep", "ddls") or fileio.is_remote(workdir):
+        return  # an object store: the run says it in one line (no network before the imports)
     root = fileio.absolute(workdir)
     directory = fileio.join(root, "checkpoints")
     steps = sorted(int(name) for name in fileio.listdir(directory) if name.isdigit())

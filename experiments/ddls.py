@@ -67,8 +67,7 @@ def _sharded(fn, sharding):
 def _run_chains(config, generator, state, sampler, logit_fn, inverse_scaler):
     """Runs every batch of chains; returns uint8 images, energies and logits per record."""
     c = config.ddls
-    devices.check_batch_size(c.batch_size, "ddls.batch_size")
-    sharding = devices.batch_sharding(devices.make_mesh())
+    mesh = devices.make_mesh()
     z_key, noise_key = jax.random.split(jax.random.key(config.seed + 2))
     gen = jax.jit(lambda z: inverse_scaler(gan.generate(generator, state, z)))
     stats = jax.jit(lambda z: (ddls.energy(z, logit_fn), logit_fn(z)))
@@ -76,6 +75,9 @@ def _run_chains(config, generator, state, sampler, logit_fn, inverse_scaler):
     bar = utils.progress_bar(c.num_samples, 0, "ddls chains")
     for start in range(0, c.num_samples, c.batch_size):
         stop = min(start + c.batch_size, c.num_samples)
+        # Chains sharded over every device when the batch divides evenly, else replicated.
+        even = (stop - start) % jax.device_count() == 0
+        sharding = devices.batch_sharding(mesh) if even else devices.replicated(mesh)
         z0 = _sharded(
             functools.partial(initial_latents, z_key, start, stop, config.model.z_dim), sharding
         )

@@ -48,6 +48,8 @@ def _one_step(module, dtype):
 def test_bf16_train_step_loss_close_to_fp32_and_state_stays_fp32(module):
     _, _, fp32_state, fp32, _ = _one_step(module, "float32")
     loss_fn, state, bf16_state, bf16, images = _one_step(module, "bfloat16")
+    relative = float(np.max(np.abs(bf16["loss"] / fp32["loss"] - 1)))
+    print(f"{module.__name__}: fp32 loss {fp32['loss']}, bf16 {bf16['loss']}, rel. {relative:.2e}")
     np.testing.assert_allclose(bf16["loss"], fp32["loss"], rtol=BF16_LOSS_RTOL)
     assert bool(np.all(bf16["finite"]))
     for tree in (bf16_state.params, bf16_state.ema_params, bf16_state.opt_state):

@@ -47,7 +47,7 @@ def get_config():
     config.eval.inception_path = "none"
     config.eval.feature_extractor_path = {extractor!r}
     config.sweep = ml_collections.ConfigDict(dict(
-        rows=("reverse_diffusion",), columns=("P5",), nfe=(), num_samples=8))
+        rows=("reverse_diffusion",), columns=("P25",), nfe=(), num_samples=8))
     return config
 """
 
