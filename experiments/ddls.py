@@ -86,6 +86,8 @@ def _run_chains(config, generator, state, sampler, logit_fn, inverse_scaler):
         )
         keys = _sharded(chain_keys, sharding)
         _, records, eps_used = sampler(keys, z0)
+        # Indexed, not iterated: a multi-host array cannot be iterated on the host.
+        records = [records[k] for k in range(records.shape[0])]
         images.append(np.stack([utils.to_uint8(devices.gather(gen(z))) for z in records]))
         e, d = zip(*(devices.gather(stats(z)) for z in records))
         energies.append(np.stack(e))

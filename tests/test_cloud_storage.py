@@ -156,3 +156,14 @@ def test_damaged_checkpoint_is_moved_aside_on_gcs(gcs_emulator, tmp_path):
     assert step == 1 and int(restored.step) == 1
     left = fileio.listdir(f"{workdir}/checkpoints")
     assert "1" in left and "2" not in left and any(n.startswith("2.corrupt-") for n in left), left
+
+
+def test_offline_data_files_on_gcs(gcs_emulator, tmp_path):
+    """config.data.path may be a gs:// URL (npz here; idx / archives use the same reads)."""
+    import datasets_offline
+
+    local = make_npz(tmp_path / "data.npz")
+    fileio.write_bytes("gs://test-bucket/data/data.npz", fileio.read_bytes(local))
+    splits = datasets_offline.load_offline("npz", "gs://test-bucket/data/data.npz", 3)
+    np.testing.assert_array_equal(splits["train"][0], np.load(local)["x_train"])
+    assert not (tmp_path / "gs:").exists()

@@ -14,7 +14,7 @@ def test_gpu_check_tiny_runs_every_kind_of_row(tmp_path):
     env = dict(os.environ, SCORE_SDE_LOOPS="device", JAX_PLATFORMS="cpu",
                XLA_FLAGS="--xla_force_host_platform_device_count=1")  # fmt: skip
     cmd = [sys.executable, os.path.join(ROOT, "bench", "gpu_check.py"), "--tiny",
-           "--models", "ddpmpp_cont_vp", "--out", str(out)]  # fmt: skip
+           "--models", "ddpmpp_cont_vp", "--calls", "1", "--out", str(out)]  # fmt: skip
     done = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=900)
     assert done.returncode == 0, done.stderr[-3000:]
     result = json.loads(out.read_text())

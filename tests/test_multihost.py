@@ -65,7 +65,7 @@ def get_config():
 
 @pytest.fixture(scope="module")
 def setup(tmp_path_factory):
-    """A trained tiny score model, a trained tiny DCGAN, an offline extractor, config files."""
+    """A trained tiny score model, an offline extractor and the config files."""
     root = tmp_path_factory.mktemp("multihost")
     data = make_npz(root / "data.npz")
     arrays = np.load(data)
@@ -73,12 +73,18 @@ def setup(tmp_path_factory):
     extractor.train_feature_extractor(arrays["x_train"], arrays["y_train"], 10, extractor_dir,
                                       steps=5, batch_size=8, name="tiny")  # fmt: skip
     run_lib.train(tiny_config(data), str(root / "score"))
-    gan_config = dcgan_tiny.get_config()
-    gan_config.data.path = data
-    gan.train(gan_config, str(root / "gan"))
     for name, text in (("score_cfg.py", SCORE_CONFIG), ("gan_cfg.py", GAN_CONFIG)):
         (root / name).write_text(text.format(data=data, extractor=extractor_dir))
     return root
+
+
+@pytest.fixture(scope="module")
+def gan_setup(setup):
+    """`setup` plus a trained tiny DCGAN in `gan/`."""
+    gan_config = dcgan_tiny.get_config()
+    gan_config.data.path = str(setup / "data.npz")
+    gan.train(gan_config, str(setup / "gan"))
+    return setup
 
 
 def _env(devices: int) -> dict:
@@ -167,6 +173,9 @@ def test_eval_two_processes_equal_one(setup):
     assert not list((other / "eval").glob("ckpt_2/*.npz"))
 
 
+# The sweep and DDLS comparisons start three more processes each (about a minute on 2 cores):
+# `make test-slow`, to keep the default suite within its budget.
+@pytest.mark.slow
 def test_sweep_cell_two_processes_equal_one(setup):
     config = setup / "score_cfg.py"
     single, multi = setup / "sweep_single", setup / "sweep_multi"
@@ -187,7 +196,9 @@ def test_sweep_cell_two_processes_equal_one(setup):
     ).read_bytes()
 
 
-def test_ddls_two_processes_equal_one(setup):
+@pytest.mark.slow
+def test_ddls_two_processes_equal_one(gan_setup):
+    setup = gan_setup
     config = setup / "gan_cfg.py"
     single, multi = setup / "ddls_single", setup / "ddls_multi"
     for d in (single, multi):
