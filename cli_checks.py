@@ -26,6 +26,7 @@ import urllib.parse
 from absl import flags
 
 import datasets_offline
+import fileio
 from training import lock, schedule
 
 # evaluation.INCEPTION_TFHUB / INCEPTION_V3 (tests check they agree; evaluation imports TF).
@@ -123,10 +124,17 @@ def _positive(name: str, value) -> None:
 
 
 def check_workdir(workdir: str, mode: str) -> None:
-    """`train` creates the workdir; every mode needs it to be a writable directory."""
-    if "://" in workdir:
-        return  # an object store (gs://): checked by the code that writes there
-    path = os.path.abspath(workdir)
+    """`train` creates the workdir; every mode needs it to be a writable directory.
+
+    A URL (gs://bucket/run) is left to the object store's client (no local folder is made);
+    a local path that looks like a URL with a slash missing (gs:/bucket) is refused.
+    """
+    if fileio.is_remote(workdir):
+        return
+    try:
+        path = fileio.absolute(workdir)
+    except ValueError as e:
+        raise CheckError(f"--workdir {e}") from e
     parent = path
     while not os.path.exists(parent):
         parent = os.path.dirname(parent)
@@ -147,17 +155,15 @@ def check_workdir(workdir: str, mode: str) -> None:
 def check_checkpoints(config, workdir: str, mode: str, eval_folder: str = "eval") -> None:
     """Modes that read checkpoints: refuse at once a workdir with none and no live trainer;
     `eval`: also a checkpoint range with no checkpoint on disk (nor a finished report)."""
-    if mode not in ("eval", "sweep", "ddls") or "://" in workdir:
-        return
-    directory = os.path.join(os.path.abspath(workdir), "checkpoints")
-    names = os.listdir(directory) if os.path.isdir(directory) else []
-    steps = sorted(int(name) for name in names if name.isdigit())
+    if mode not in ("eval", "sweep", "ddls") or fileio.is_remote(workdir):
+        return  # an object store: the run says it in one line (no network before the imports)
+    root = fileio.absolute(workdir)
+    directory = fileio.join(root, "checkpoints")
+    steps = sorted(int(name) for name in fileio.listdir(directory) if name.isdigit())
     if lock.holder(workdir) is not None:
         return  # a trainer is writing: evaluation waits for its checkpoints
     if not steps:
-        where = (
-            "does not exist" if not os.path.isdir(workdir) else f"has no checkpoint in {directory}"
-        )
+        where = "does not exist" if not fileio.isdir(root) else f"has no checkpoint in {directory}"
         raise CheckError(
             f"--workdir {workdir} {where}, and no training holds its lock: nothing to "
             f"{'evaluate' if mode == 'eval' else 'sample'}. Check the path, train first "
@@ -165,9 +171,9 @@ def check_checkpoints(config, workdir: str, mode: str, eval_folder: str = "eval"
         )
     e, freq = config.eval, config.training.snapshot_freq
     ckpts = range(e.get("begin_ckpt", 0), e.get("end_ckpt", 0) + 1)
-    reports = os.path.join(os.path.abspath(workdir), eval_folder, "report_{}.json")
+    reports = fileio.join(root, eval_folder, "report_{}.json")
     if mode == "eval" and not any(
-        k * freq in steps or os.path.exists(reports.format(k)) for k in ckpts
+        k * freq in steps or fileio.exists(reports.format(k)) for k in ckpts
     ):
         raise CheckError(
             f"No checkpoint to evaluate: eval.begin_ckpt..end_ckpt = {ckpts.start}..{ckpts.stop - 1} "
@@ -268,15 +274,15 @@ def error_line(e: BaseException, limit: int = 600) -> str:
 
 
 def _save_traceback(workdir: str) -> str | None:
-    """Appends the current exception's traceback to `<workdir>/stdout.txt`; returns the path."""
-    path = os.path.join(os.path.abspath(workdir or "."), "stdout.txt")
-    if not workdir or not os.path.isdir(os.path.dirname(path)):
-        return None
+    """Appends the current exception's traceback to `<workdir>/stdout.txt` (local or gs://);
+    returns the path."""
     try:
-        with open(path, "a") as f:
-            f.write(f"\n{time.strftime('%Y-%m-%d %H:%M:%S')} {' '.join(sys.argv)}\n")
-            f.write(traceback.format_exc())
-    except OSError:
+        path = fileio.join(fileio.absolute(workdir or "."), "stdout.txt")
+        if not workdir or not fileio.isdir(os.path.dirname(path)):
+            return None
+        header = f"\n{time.strftime('%Y-%m-%d %H:%M:%S')} {' '.join(sys.argv)}\n"
+        fileio.append_text(path, header + traceback.format_exc())
+    except Exception:  # noqa: BLE001 - the one-line error is printed whatever happens here
         return None
     return path
 

@@ -15,13 +15,16 @@ Workdir layout:
   tensorboard/                training_loss, eval_loss scalars
   samples/iter_<step>/        sample.png (grid) and sample.npz (uint8) at each snapshot
   <eval_folder>/              evaluate(): per-checkpoint results (see `evaluate`)
+
+The workdir may be local or on an object store (gs://): every file goes through `fileio` (and
+Orbax for checkpoints). Multi-host evaluation: process 0 writes every file and decides what is
+already done (`devices.main_value`), so all processes agree on the resume state.
 """
 
 from __future__ import annotations
 
 import contextlib
 import json
-import os
 import time
 
 import jax
@@ -30,6 +33,7 @@ from absl import logging
 
 import datasets
 import evaluation
+import fileio
 import losses
 import sampling
 import utils
@@ -94,8 +98,7 @@ def train(config, workdir: str):
     devices.check_batch_size(config.training.batch_size, "training.batch_size")
     devices.check_batch_size(config.eval.batch_size, "eval.batch_size")
     utils.quiet_library_logs()
-    workdir = os.path.abspath(workdir)
-    os.makedirs(workdir, exist_ok=True)
+    workdir = fileio.makedirs(workdir)
     held = lock.acquire(workdir) if utils.is_main_process() else contextlib.nullcontext()
     with held:
         return _train(config, workdir, schedule)
@@ -162,7 +165,7 @@ def _train(config, workdir: str, schedule: loop.Schedule):
         def on_snapshot(state, step):
             utils.save_sample_grid(
                 sample_fn(jax.random.fold_in(base_key, step), state.ema_params),
-                os.path.join(workdir, "samples", f"iter_{step}"),
+                fileio.join(workdir, "samples", f"iter_{step}"),
             )
 
     state = loop.run(
@@ -221,7 +224,9 @@ def _wait_for_checkpoint(manager, step: int, config, workdir: str) -> bool:
 def _check_something_to_evaluate(config, workdir: str) -> None:
     """Refuses at once a workdir without checkpoints that no trainer is writing to."""
     ckpt_dir = checkpoints.checkpoint_dir(workdir)
-    if checkpoints.step_dirs(workdir) or lock.holder(workdir) is not None:
+    if devices.main_value(
+        lambda: bool(checkpoints.step_dirs(workdir)) or lock.holder(workdir) is not None
+    ):
         return
     raise FileNotFoundError(
         f"No checkpoint in {ckpt_dir} and no training holds {lock.lock_path(workdir)}: nothing "
@@ -299,10 +304,9 @@ def evaluate(config, workdir: str, eval_folder: str = "eval") -> list[dict]:
     """
     devices.check_batch_size(config.eval.batch_size, "eval.batch_size")
     utils.quiet_library_logs()
-    workdir = os.path.abspath(workdir)
+    workdir = fileio.absolute(workdir)
     _check_something_to_evaluate(config, workdir)
-    eval_dir = os.path.join(workdir, eval_folder)
-    os.makedirs(eval_dir, exist_ok=True)
+    eval_dir = fileio.makedirs(fileio.join(workdir, eval_folder))
     sde, sampling_eps = score_model.sde_from_config(config)
     model = mutils.get_model(config)
     tx = losses.get_optimizer(config)
@@ -320,13 +324,14 @@ def evaluate(config, workdir: str, eval_folder: str = "eval") -> list[dict]:
     with checkpoints.checkpoint_manager(workdir, config.training.snapshot_freq) as manager:
         for ckpt in range(config.eval.begin_ckpt, config.eval.end_ckpt + 1):
             step = ckpt * config.training.snapshot_freq
-            report_path = os.path.join(eval_dir, f"report_{ckpt}.json")
-            if os.path.exists(report_path):
-                with open(report_path) as f:
-                    reports.append(json.load(f))
+            report_path = fileio.join(eval_dir, f"report_{ckpt}.json")
+            done = devices.main_value(lambda p=report_path: _read_report(p))
+            if done is not None:
+                reports.append(done)
                 continue
-            if not _wait_for_checkpoint(manager, step, config, workdir):
-                if step < max(checkpoints.saved_steps(manager), default=-1):
+            # Every process polls; process 0's answer counts (hosts agree on what comes next).
+            if not devices.agree(_wait_for_checkpoint(manager, step, config, workdir)):
+                if devices.agree(step < max(checkpoints.saved_steps(manager), default=-1)):
                     continue  # a gap (e.g. a deleted checkpoint): later ones exist
                 break
             restored = _restore_or_report(manager, abstract, ckpt, step, tx)
@@ -334,20 +339,25 @@ def evaluate(config, workdir: str, eval_folder: str = "eval") -> list[dict]:
                 corrupt.append(step)
                 continue
             state = jax.device_put(restored, state_sharding)
-            folder = os.path.join(eval_dir, f"ckpt_{ckpt}")
-            os.makedirs(folder, exist_ok=True)
+            folder = fileio.makedirs(fileio.join(eval_dir, f"ckpt_{ckpt}"))
             report = _evaluate_checkpoint(
                 config, ckpt, step, state, sde, model, sampling_eps, eval_step, folder, mesh
             )
             writer.write(step, **{k: v for k, v in report.items() if k not in ("ckpt", "step")})
+            writer.flush()
             if utils.is_main_process():
-                with open(report_path, "w") as f:
-                    json.dump(report, f, indent=2)
+                fileio.write_text_atomic(report_path, json.dumps(report, indent=2))
             reports.append(report)
+        writer.close()
         if not reports:
             raise _no_checkpoint_error(config, manager, corrupt)
-    _write_summary(reports, os.path.join(eval_dir, "summary.md"))
+    _write_summary(reports, fileio.join(eval_dir, "summary.md"))
     return reports
+
+
+def _read_report(path: str) -> dict | None:
+    """A finished checkpoint's report, or None (process 0 reads it; see `evaluate`)."""
+    return json.loads(fileio.read_text(path)) if fileio.exists(path) else None
 
 
 def _restore_or_report(manager, abstract, ckpt: int, step: int, tx):
@@ -371,8 +381,7 @@ def _write_summary(reports: list[dict], path: str) -> None:
     for r in reports:
         cells = [f"{r[k]:.4g}" if isinstance(r.get(k), float) else str(r.get(k, "")) for k in keys]
         lines.append("| " + " | ".join([str(r["ckpt"]), str(r["step"]), *cells]) + " |")
-    with open(path, "w") as f:
-        f.write("\n".join(lines) + "\n")
+    fileio.write_text_atomic(path, "\n".join(lines) + "\n")
 
 
 def compute_stats(config, workdir: str) -> str:
@@ -395,7 +404,7 @@ def compute_stats(config, workdir: str) -> str:
         feats = evaluation.run_inception_distributed(
             utils.to_uint8(batch["image"]), model, inceptionv3=inceptionv3
         )
-        pools.append(feats["pool_3"])
+        pools.append(devices.allgather_host(feats["pool_3"]))  # every host's block
     path = config.eval.stats_path
     if not path:
         filename = evaluation.default_stats_filename(config)
@@ -404,9 +413,8 @@ def compute_stats(config, workdir: str) -> str:
                 f"No default statistics file name for {config.data.dataset!r}: set "
                 "--config.eval.stats_path=<file.npz>"
             )
-        path = os.path.join(evaluation.STATS_DIR, filename)  # where evaluate() looks
-    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
+        path = fileio.join(evaluation.STATS_DIR, filename)  # where evaluate() looks
     if utils.is_main_process():
-        np.savez_compressed(path, pool_3=np.concatenate(pools))
+        fileio.save_npz(path, pool_3=np.concatenate(pools))
     logging.info("Wrote %d pool_3 activations to %s", sum(len(p) for p in pools), path)
     return path

@@ -564,9 +564,13 @@ def get_sampling_fn(config, sde, model, shape, inverse_scaler, eps, sharding=Non
     options.update(eps=eps, inverse_scaler=inverse_scaler, sharding=sharding)
     continuous = True if method in ODE_METHODS else config.training.continuous
     score_sde = sde if score_sde is None else score_sde
+    # The network's activation dtype ('bfloat16' on request; the sampler's state stays float32).
+    dtype = mutils.compute_dtype(s.get("compute_dtype", "float32"))
 
     def sampling_fn(key, params):
-        score_fn = mutils.get_score_fn(score_sde, model, params, train=False, continuous=continuous)
+        score_fn = mutils.get_score_fn(
+            score_sde, model, params, train=False, continuous=continuous, dtype=dtype
+        )
         return get_sampler(method, sde, score_fn, shape, **options)(key)
 
     return jax.jit(sampling_fn)

@@ -7,8 +7,6 @@ command line that trains and runs it is `experiments/controllable.py`.
 
 from __future__ import annotations
 
-import os
-
 import jax
 import jax.numpy as jnp
 import ml_collections
@@ -16,6 +14,7 @@ import optax
 from absl import logging
 
 import datasets
+import fileio
 import losses
 import utils
 from models import wideresnet_noise_conditional as wrn
@@ -129,10 +128,9 @@ def train_classifier(config, workdir: str, classifier_config=None) -> TrainState
     schedule = loop.Schedule.from_config(tr, "classifier.training")
     devices.check_batch_size(tr.batch_size, "classifier.training.batch_size")
     utils.quiet_library_logs()
-    workdir = os.path.abspath(workdir)
-    os.makedirs(workdir, exist_ok=True)
-    with open(os.path.join(workdir, CONFIG_FILE), "w") as f:
-        f.write(cfg.to_json(indent=2) + "\n")
+    workdir = fileio.makedirs(workdir)
+    if utils.is_main_process():
+        fileio.write_text_atomic(fileio.join(workdir, CONFIG_FILE), cfg.to_json(indent=2) + "\n")
     sde, eps = score_model.sde_from_config(config)
     classifier, tx, abstract, image_shape = classifier_setup(config, cfg)
     base_key = jax.random.fold_in(jax.random.key(config.seed), 7)

@@ -19,7 +19,6 @@ References:
 
 from __future__ import annotations
 
-import os
 from typing import Any
 
 import flax
@@ -29,6 +28,7 @@ from absl import logging
 from jax import numpy as jnp
 
 import datasets
+import fileio
 import utils
 from models import dcgan
 from training import checkpoints, devices, loop
@@ -185,7 +185,7 @@ def restore_gan(config, workdir: str) -> GANState:
     manager.close()
     if state is None:
         raise FileNotFoundError(
-            f"No restorable GAN checkpoint in {os.path.join(workdir, 'checkpoints')}; train one "
+            f"No restorable GAN checkpoint in {fileio.join(workdir, 'checkpoints')}; train one "
             "with `python main.py --config <configs/ddls/...> --workdir W --mode train`."
         )
     logging.info("Restored GAN checkpoint step %d from %s.", step, workdir)
@@ -194,7 +194,7 @@ def restore_gan(config, workdir: str) -> GANState:
 
 def _save_grid(generator, state, z_fixed, inverse_scaler, workdir: str, step: int) -> None:
     images = devices.gather(inverse_scaler(generate(generator, state, z_fixed)))
-    utils.save_sample_grid(images, os.path.join(workdir, "samples", f"iter_{step}"))
+    utils.save_sample_grid(images, fileio.join(workdir, "samples", f"iter_{step}"))
 
 
 def _finite_step(gan_step):
@@ -214,8 +214,7 @@ def train(config, workdir: str) -> GANState:
     schedule = loop.Schedule.from_config(t)
     devices.check_batch_size(t.batch_size, "training.batch_size")
     utils.quiet_library_logs()
-    workdir = os.path.abspath(workdir)
-    os.makedirs(workdir, exist_ok=True)
+    workdir = fileio.makedirs(workdir)
     utils.write_config(config, workdir)
     generator, discriminator, tx, abstract = build(config)
     base_key = jax.random.key(config.seed)

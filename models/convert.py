@@ -47,6 +47,7 @@ from flax import serialization, traverse_util
 from jax import numpy as jnp
 from ml_collections import config_flags
 
+import fileio
 import utils
 from models import ncsnv2, pth
 from models import utils as mutils
@@ -360,8 +361,7 @@ def read_flax_msgpack(path_or_bytes: str | os.PathLike | bytes) -> dict:
     if isinstance(path_or_bytes, bytes | bytearray):
         data = bytes(path_or_bytes)
     else:
-        with open(path_or_bytes, "rb") as f:
-            data = f.read()
+        data = fileio.read_bytes(path_or_bytes)
     return serialization.msgpack_restore(data)
 
 
@@ -423,7 +423,7 @@ def save_converted(workdir: str | os.PathLike, variables: Mapping, step: int) ->
     Raises:
       FileExistsError: the step is already there (converted weights never overwrite a run).
     """
-    directory = os.path.join(os.path.abspath(workdir), "checkpoints")
+    directory = fileio.join(fileio.absolute(workdir), "checkpoints")
     params = variables["params"]
     item = {"step": int(step), "params": params, "ema_params": params}
     with ocp.CheckpointManager(directory) as manager:
@@ -431,12 +431,12 @@ def save_converted(workdir: str | os.PathLike, variables: Mapping, step: int) ->
             raise FileExistsError(f"{directory} already has step {int(step)}; not overwriting it")
         manager.save(int(step), args=ocp.args.StandardSave(item), force=True)
         manager.wait_until_finished()
-    return os.path.join(directory, str(int(step)))
+    return fileio.join(directory, str(int(step)))
 
 
 def load_converted(workdir: str | os.PathLike, step: int | None = None) -> dict:
     """Restores `{"step", "params", "ema_params"}` from `<workdir>/checkpoints` (latest step)."""
-    directory = os.path.join(os.path.abspath(workdir), "checkpoints")
+    directory = fileio.join(fileio.absolute(workdir), "checkpoints")
     with ocp.CheckpointManager(directory) as manager:
         step = manager.latest_step() if step is None else step
         if step is None:
@@ -491,14 +491,10 @@ def checkpoint_step(source_step: int | None, path: str, config) -> tuple[int, st
 
 def _record_source(workdir: str, step: int, record: dict) -> None:
     """Adds `{step: record}` to `<workdir>/converted.json` (where each converted step came from)."""
-    path = os.path.join(os.path.abspath(workdir), "converted.json")
-    entries = {}
-    if os.path.exists(path):
-        with open(path) as f:
-            entries = json.load(f)
+    path = fileio.join(fileio.absolute(workdir), "converted.json")
+    entries = json.loads(fileio.read_text(path)) if fileio.exists(path) else {}
     entries[str(step)] = record
-    with open(path, "w") as f:
-        json.dump(entries, f, indent=2, sort_keys=True)
+    fileio.write_text_atomic(path, json.dumps(entries, indent=2, sort_keys=True))
 
 
 def _count(tree) -> int:
@@ -528,7 +524,7 @@ def convert_main(
         config.model.name,
     )
     directory = save_converted(workdir, variables, step)
-    _record_source(workdir, step, {"source": os.path.abspath(source), "source_step": source_step,
+    _record_source(workdir, step, {"source": fileio.absolute(source), "source_step": source_step,
                                    "ema": use_ema, "how": how})  # fmt: skip
     logging.info("Wrote step %d (%s) to %s; evaluate it with --config.eval.begin_ckpt=%d",
                  step, how, directory, step // config.training.snapshot_freq)  # fmt: skip

@@ -1,7 +1,7 @@
 """The layout's rules, checked on the project's source with `ast` (nothing is imported).
 
 Layers, lowest first; an import may point down or sideways, never up:
-  0 base         utils, sde_lib, configs
+  0 base         fileio, utils, sde_lib, configs
   1 networks     models
   2 math         losses, sampling, likelihood, samplers, controllable_generation
   3 data/metrics datasets, datasets_offline, evaluation
@@ -28,6 +28,7 @@ import pytest
 ROOT = pathlib.Path(__file__).resolve().parents[1]
 SKIP_DIRS = {"tests", "bench", "runs", "docs", "scripts", ".venv", "venv", "build"}
 LAYERS = {
+    "fileio": 0,  # the path layer: local disks and object stores (gs://)
     "utils": 0,
     "sde_lib": 0,
     "configs": 0,

@@ -14,7 +14,6 @@ step is written again when training passes it.
 
 from __future__ import annotations
 
-import os
 import time
 
 import jax
@@ -22,6 +21,7 @@ import jax.numpy as jnp
 import orbax.checkpoint as ocp
 from absl import logging
 
+import fileio
 from training import devices
 from training.state import TrainState, state_fields
 
@@ -29,15 +29,12 @@ CHECKPOINT_DIR = "checkpoints"
 
 
 def checkpoint_dir(workdir: str) -> str:
-    return os.path.join(os.path.abspath(workdir), CHECKPOINT_DIR)
+    return fileio.join(fileio.absolute(workdir), CHECKPOINT_DIR)
 
 
 def step_dirs(workdir: str) -> list[int]:
     """The step directories in `workdir/checkpoints` (listed without Orbax; [] if none)."""
-    directory = checkpoint_dir(workdir)
-    if not os.path.isdir(directory):
-        return []
-    return sorted(int(name) for name in os.listdir(directory) if name.isdigit())
+    return sorted(int(name) for name in fileio.listdir(checkpoint_dir(workdir)) if name.isdigit())
 
 
 def checkpoint_manager(workdir: str, snapshot_freq: int) -> ocp.CheckpointManager:
@@ -100,14 +97,18 @@ def structure_mismatch(meta, abstract) -> str | None:
 def quarantine(manager, step: int) -> str | None:
     """Moves checkpoint `step` aside to `<step>.corrupt-<time>` (process 0; never deleted).
 
+    Through `fileio.rename`: on an object store (a gs:// workdir) that is a copy of every
+    object, then a delete (not atomic; a kill in between leaves both, and Orbax ignores the
+    copy's name).
+
     Returns:
       The new path, or None when it could not be moved (read-only storage, another process).
     """
-    source = os.path.join(str(manager.directory), str(step))
+    source = fileio.join(str(manager.directory), str(step))
     target = f"{source}.corrupt-{time.strftime('%Y%m%d-%H%M%S')}"
     if jax.process_index() == 0:
         try:
-            os.rename(source, target)
+            fileio.rename(source, target)
         except OSError as e:
             logging.warning("Could not move %s aside: %s", source, e)
             return None

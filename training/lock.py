@@ -14,10 +14,12 @@ A lock is stale, and is taken over with a warning, when its holder is gone:
     thread, so a live trainer anywhere keeps it fresh (the threshold is `$SCORE_SDE_LOCK_STALE_S`,
     default 600 s).
 
-Object stores (gs://, s3://) have no hard links, but the same protocol maps onto their
-conditional writes: create = write with "only if absent" (GCS `ifGenerationMatch=0`, S3
-`If-None-Match: *`), heartbeat = rewrite (or the object's update time), take-over = delete with
-the stale generation as precondition, then create.
+On object stores (a gs:// workdir) every file operation goes through `fileio`: create = an
+upload with "only if absent" (GCS `ifGenerationMatch=0` through gcsfs; `fileio.create_exclusive`
+says where that precondition is missing), heartbeat = rewriting the object (its update time is
+the mtime), take-over = re-read, delete if it is still the stale lock, then create. Object
+stores have no atomic rename, so two hosts taking over the same stale lock at the same moment
+could both delete-and-create; the create's precondition still lets only one of them win.
 """
 
 from __future__ import annotations
@@ -31,6 +33,8 @@ import uuid
 
 from absl import logging
 
+import fileio
+
 LOCK_NAME = "train.lock"
 HEARTBEAT_S = 60.0
 STALE_ENV = "SCORE_SDE_LOCK_STALE_S"
@@ -42,7 +46,7 @@ class WorkdirLockedError(RuntimeError):
 
 
 def lock_path(workdir: str) -> str:
-    return os.path.join(os.path.abspath(workdir), LOCK_NAME)
+    return fileio.join(fileio.absolute(workdir), LOCK_NAME)
 
 
 def stale_after_s() -> float:
@@ -89,17 +93,16 @@ def read(workdir: str) -> dict | None:
     """The lock's content plus its `age_s` (since the last heartbeat), or None if unlocked."""
     path = lock_path(workdir)
     try:
-        with open(path) as f:
-            info = json.load(f)
-        info["age_s"] = time.time() - os.path.getmtime(path)
+        info = json.loads(fileio.read_bytes(path))
+        info["age_s"] = time.time() - fileio.getmtime(path)
     except FileNotFoundError:
         return None
     except (OSError, ValueError):  # unreadable: judge by its age alone
         try:
-            return {"age_s": time.time() - os.path.getmtime(path)}
+            return {"age_s": time.time() - fileio.getmtime(path)}
         except OSError:
             return None
-    return info
+    return info if isinstance(info, dict) else {"age_s": time.time() - fileio.getmtime(path)}
 
 
 def is_stale(info: dict) -> bool:
@@ -147,7 +150,7 @@ class WorkdirLock:
     def _heartbeat(self):
         while not self._stop.wait(HEARTBEAT_S):
             try:
-                os.utime(self.path)
+                fileio.touch(self.path)
             except OSError:
                 pass
 
@@ -157,7 +160,7 @@ class WorkdirLock:
         self._stop.set()
         current = read(os.path.dirname(self.path))
         if current is not None and current.get("run_id") == self.info["run_id"]:
-            os.remove(self.path)
+            fileio.remove(self.path)
         self.owner = False
 
     def __enter__(self):
@@ -169,23 +172,7 @@ class WorkdirLock:
 
 def _create(path: str, info: dict) -> bool:
     """Creates `path` holding `info` if it does not exist; True on success."""
-    tmp = f"{path}.{info['run_id']}.tmp"
-    with open(tmp, "w") as f:
-        json.dump(info, f)
-    try:
-        os.link(tmp, path)
-        return True
-    except FileExistsError:
-        return False
-    except OSError:  # no hard links on this file system: exclusive create instead
-        try:
-            with open(path, "x") as f:
-                json.dump(info, f)
-            return True
-        except FileExistsError:
-            return False
-    finally:
-        os.remove(tmp)
+    return fileio.create_exclusive(path, json.dumps(info).encode())
 
 
 def acquire(workdir: str) -> WorkdirLock:
@@ -194,7 +181,7 @@ def acquire(workdir: str) -> WorkdirLock:
     Raises:
       WorkdirLockedError: a live trainer holds it; the message names its host and pid.
     """
-    os.makedirs(os.path.abspath(workdir), exist_ok=True)
+    fileio.makedirs(workdir)
     path = lock_path(workdir)
     me = {
         "host": socket.gethostname(),
@@ -218,6 +205,9 @@ def acquire(workdir: str) -> WorkdirLock:
                 f"{workdir} is being trained by {describe(info)}; stop that run, or use another "
                 f"--workdir (a lock left by a dead run is taken over: {path})."
             )
+        if fileio.is_remote(path):
+            _remove_stale_object(workdir, path, info)
+            continue
         # Move the stale lock aside, and put it back if it was not the one judged stale.
         aside = f"{path}.stale-{me['run_id']}"
         try:
@@ -235,6 +225,14 @@ def acquire(workdir: str) -> WorkdirLock:
         os.remove(aside)
         logging.warning("Took over the stale training lock of %s (%s).", describe(info), path)
     raise WorkdirLockedError(f"Could not take the training lock {path}; try again.")
+
+
+def _remove_stale_object(workdir: str, path: str, info: dict) -> None:
+    """Object stores (no atomic rename): deletes the lock if it is still the stale one."""
+    again = read(workdir)
+    if again is not None and again.get("run_id") == info.get("run_id"):
+        fileio.remove(path)
+        logging.warning("Took over the stale training lock of %s (%s).", describe(info), path)
 
 
 def _read_file(path: str) -> dict:

@@ -159,6 +159,8 @@ def run(
                     pending.flush()  # never save a state that produced a non-finite value
                     if manager is not None:
                         checkpoints.save_checkpoint(manager, state)
+                    if writer is not None:
+                        writer.flush()  # remote workdirs: the lines up to this checkpoint
                     if snapshot and on_snapshot is not None:
                         on_snapshot(state, step)
                 if stop.received:

@@ -60,16 +60,21 @@ def abstract_train_state(config, model, tx) -> TrainState:
 
 
 def score_loss_fn(config, sde, model, train: bool):
-    """`loss_fn(key, params, x)` for the config's objective (continuous / SMLD / DDPM)."""
+    """`loss_fn(key, params, x)` for the config's objective (continuous / SMLD / DDPM).
+
+    `training.compute_dtype='bfloat16'` runs the network in bfloat16 (float32 params, loss and
+    gradients; `models.utils.get_model_fn`).
+    """
     continuous = config.training.continuous
+    dtype = mutils.compute_dtype(config.training.get("compute_dtype", "float32"))
 
     def score_fn(params, x, t, key):
-        return mutils.get_score_fn(sde, model, params, train=train, continuous=continuous)(
-            x, t, key
-        )
+        return mutils.get_score_fn(
+            sde, model, params, train=train, continuous=continuous, dtype=dtype
+        )(x, t, key)
 
     def model_fn(params, x, labels, key):
-        return mutils.get_model_fn(model, params, train=train)(x, labels, key)
+        return mutils.get_model_fn(model, params, train=train, dtype=dtype)(x, labels, key)
 
     return losses.get_loss_fn(
         sde,
