@@ -13,13 +13,12 @@ and a mismatch refused), and written as `experiments.gan.GANState` at step 0 in
 
 from __future__ import annotations
 
-import os
-
 import jax
 import jax.numpy as jnp
 from absl import flags, logging
 from ml_collections import config_flags
 
+import fileio
 import utils
 from experiments import gan
 from models import convert_dcgan
@@ -78,7 +77,7 @@ def convert(config, workdir: str, netG: str, netD: str) -> gan.GANState:
 def main(argv):
     del argv
     f = flags.FLAGS
-    convert(f.config, os.path.abspath(f.workdir), f.netG, f.netD)
+    convert(f.config, fileio.absolute(f.workdir), f.netG, f.netD)
 
 
 def define_flags():

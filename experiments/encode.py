@@ -24,7 +24,6 @@ linear` is offered for comparison.
 from __future__ import annotations
 
 import json
-import os
 
 import jax
 import jax.numpy as jnp
@@ -34,6 +33,7 @@ from jax import Array
 from ml_collections import config_flags
 
 import datasets
+import fileio
 import likelihood
 import sampling
 import utils
@@ -129,7 +129,7 @@ def run(config, workdir: str, *, num: int = 8, pair: tuple[int, int] = (0, 1), s
     if steps < 2:
         raise ValueError(f"--steps must be >= 2, got {steps}")
     utils.quiet_library_logs()
-    out_dir = out_dir or os.path.join(workdir, "encode")
+    out_dir = out_dir or fileio.join(workdir, "encode")
     sde, _ = score_model.sde_from_config(config)
     model = mutils.get_model(config)
     params, step = score_model.restore_score_params(config, workdir, model)
@@ -158,12 +158,12 @@ def run(config, workdir: str, *, num: int = 8, pair: tuple[int, int] = (0, 1), s
     x_path = np.asarray(inverse_scaler(x_path))
     rec = np.asarray(inverse_scaler(x_rec))
     error = np.clip(np.abs(rec - images) * 10.0, 0.0, 1.0)
-    os.makedirs(out_dir, exist_ok=True)
-    utils.save_png(_strip([images, rec, error], num), os.path.join(out_dir, "round_trip.png"))
+    fileio.makedirs(out_dir)
+    utils.save_png(_strip([images, rec, error], num), fileio.join(out_dir, "round_trip.png"))
     strip = np.concatenate([images[pair[0] : pair[0] + 1], x_path, images[pair[1] : pair[1] + 1]])
-    utils.save_png(_strip([strip], len(strip)), os.path.join(out_dir, "interpolation.png"))
-    np.savez_compressed(os.path.join(out_dir, "encode.npz"), images=images, latents=np.asarray(z),
-                        reconstructions=rec, interpolation=x_path)  # fmt: skip
+    utils.save_png(_strip([strip], len(strip)), fileio.join(out_dir, "interpolation.png"))
+    fileio.save_npz(fileio.join(out_dir, "encode.npz"), images=images, latents=np.asarray(z),
+                    reconstructions=rec, interpolation=x_path)  # fmt: skip
     z_norm = np.linalg.norm(np.asarray(z).reshape(num, -1), axis=-1)
     prior = np.asarray(sde.prior_sampling(jax.random.key(0), (64, *z.shape[1:])))
     summary = {
@@ -182,7 +182,7 @@ def run(config, workdir: str, *, num: int = 8, pair: tuple[int, int] = (0, 1), s
         # Not dequantised images, so this is not the paper's bits/dim; a by-product of encoding.
         "bpd_of_inputs": float(np.mean(bpd)),
     }
-    utils.write_atomic(os.path.join(out_dir, "encode.json"), json.dumps(summary, indent=2) + "\n")
+    utils.write_atomic(fileio.join(out_dir, "encode.json"), json.dumps(summary, indent=2) + "\n")
     return summary
 
 
