@@ -204,7 +204,13 @@ def run_sweep(config, workdir: str, shard: str = "0/1") -> list[dict]:
     spec = get_sweep_spec(config)
     runs = get_runs(config, workdir, spec)
     cells = enumerate_cells(spec, runs)
+    if not cells:
+        raise ValueError(
+            "The sweep has no cells: every column / sampler was skipped (see the log; VP and "
+            "sub-VP PC steps need N > model.beta_max). Set config.sweep.columns / samplers."
+        )
     out_dir = os.path.join(os.path.abspath(workdir), "sweep")
+    os.makedirs(out_dir, exist_ok=True)
     mine = shard_cells(cells, index, count)
     logging.info(
         "Sweep: %d cells, %d in shard %s, results in %s", len(cells), len(mine), shard, out_dir
