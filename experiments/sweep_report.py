@@ -187,8 +187,9 @@ def table1_markdown(
         for col in spec.columns
     ]
     over = f", mean ± std over {spec.repeats} sampling runs" if spec.repeats > 1 else ""
-    lines = [f"Table 1 layout (Song et al. 2021). Metric: {metric or 'none yet'} "
-             f"(lower is better){over}; '-' = not evaluated.", "",
+    lines = [f"Table 1 layout (Song et al. 2021); C<N> = N corrector evaluations (N/2 noise "
+             f"levels x 2 Langevin steps). Metric: {metric or 'none yet'} (lower is better)"
+             f"{over}; '-' = not evaluated.", "",
              "| " + " | ".join(header) + " |", "|---" * len(header) + "|"]  # fmt: skip
     for row in spec.rows:
         texts = [ROW_TITLES.get(row, row)]
