@@ -31,20 +31,20 @@ def shrink_for_fashion_mnist(config):
     """
     training = config.training
     training.batch_size = 32
-    training.n_iters = 3000
+    training.n_iters = 5000
     # One step per jitted call (the fused scan is slow on XLA:CPU).
     training.n_jitted_steps = 1
     training.log_freq = 50
     training.eval_freq = 250
     # Kept checkpoints every 500 steps (checkpoint_k = step 500 k), so a sweep can use any
-    # of them (sweep.ckpt); checkpoint_6 is the last.
+    # of them (sweep.ckpt); checkpoint_10 is the last.
     training.snapshot_freq = 500
     training.snapshot_freq_for_preemption = 250
     training.snapshot_sampling = False
 
     evaluate = config.eval
-    evaluate.begin_ckpt = 6
-    evaluate.end_ckpt = 6
+    evaluate.begin_ckpt = 10
+    evaluate.end_ckpt = 10
     evaluate.batch_size = 128
     evaluate.num_samples = 256
     # No Inception weights offline: fd_/kid_ in the demo extractor's feature space.
