@@ -520,7 +520,9 @@ def get_sampler(name: str, sde, score_fn: ScoreFn, shape, **options):
     return SAMPLER_FACTORIES[name](sde, score_fn, shape, **options)
 
 
-def get_sampling_fn(config, sde, model, shape, inverse_scaler, eps, sharding=None, score_sde=None):
+def get_sampling_fn(
+    config, sde, model, shape, inverse_scaler, eps, sharding=None, score_sde=None, label_map=None
+):
     """Builds `sampling_fn(key, params) -> (x, nfe)` from `config.sampling` for a Flax model.
 
     The one function of this module that reads a config: it turns the fields of
@@ -539,7 +541,9 @@ def get_sampling_fn(config, sde, model, shape, inverse_scaler, eps, sharding=Non
     function is jitted once; params are an argument, so new params do not recompile.
     `score_sde` (default `sde`) is the SDE the model was trained with: the score function maps
     t to the model's labels with its N, so sampling with another N (Table 1's P2000) queries a
-    discrete-time model at `s(x, i N_train / N)`, the paper's interpolation.
+    discrete-time model between its levels; `label_map` ('linear': Table 1's `s(x, i / 2)`,
+    'round': Table 4's `s(x, floor(i / 2))`, None: the original's labels) says how
+    (`models.utils.get_score_fn`).
 
     Raises:
       ValueError: an unknown method, predictor or corrector (listing the valid names).
@@ -569,7 +573,13 @@ def get_sampling_fn(config, sde, model, shape, inverse_scaler, eps, sharding=Non
 
     def sampling_fn(key, params):
         score_fn = mutils.get_score_fn(
-            score_sde, model, params, train=False, continuous=continuous, dtype=dtype
+            score_sde,
+            model,
+            params,
+            train=False,
+            continuous=continuous,
+            dtype=dtype,
+            label_map=label_map,
         )
         return get_sampler(method, sde, score_fn, shape, **options)(key)
 

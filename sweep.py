@@ -4,7 +4,7 @@
         [--sweep.samplers="('ode', 'ddim')" --sweep.num_samples=10000 ...]
 
 is `python main.py --config CFG --workdir W --mode sweep` with the grid adjustable through
-`--sweep.<field>` flags (see `experiments.sweep_grid.default_sweep_config`).
+`--sweep.<field>` flags (see `experiments.sweep_spec.default_sweep_config`).
 """
 
 import os

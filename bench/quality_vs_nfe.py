@@ -26,7 +26,7 @@ import _common
 from absl import logging
 
 from configs.demo import fashion_mnist_ddpmpp
-from experiments import sweep, sweep_grid
+from experiments import sweep, sweep_spec
 
 NFE_SAMPLERS = (
     # Probability-flow ODE solvers at a fixed NFE budget.
@@ -50,7 +50,7 @@ def demo_config(workdir: str, grid: str, num_samples: int, columns: tuple[str, .
     """The demo config with the sweep grid, offline metrics and batch 64."""
     config = fashion_mnist_ddpmpp.get_config()
     with config.unlocked():
-        config.sweep = sweep_grid.default_sweep_config()
+        config.sweep = sweep_spec.default_sweep_config()
     config.eval.feature_extractor_path = os.path.join(workdir, "extractor")
     config.eval.inception_path = "none"
     s = config.sweep

@@ -8,6 +8,7 @@ evaluation assets for this reimplementation.
 
 import ml_collections
 
+import configs
 from configs import _fast_sampling
 
 
@@ -148,5 +149,8 @@ def get_default_configs():
 
     # Random seed for initialisation, training and sampling.
     config.seed = 42
+
+    # (project) The grid of `--mode sweep` (Table 1 and quality-vs-NFE sweeps): configs/__init__.py.
+    config.sweep = configs.get_sweep_config()
 
     return config

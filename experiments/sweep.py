@@ -4,8 +4,8 @@
         [--sweep.samplers="('ode', 'ddim')" --sweep.num_samples=10000 ...]
     python main.py --config CFG --workdir W --mode sweep [--shard i/n]
 
-The grid (`config.sweep`, cells) is `experiments/sweep_grid.py`; each cell is sampled in
-resumable rounds and scored with the project's metrics (`training.sample_eval`); the outputs
+The grid is `experiments/sweep_spec.py` (`config.sweep`) and `sweep_grid.py` (cells); each
+cell is sampled in resumable rounds and scored with the project's metrics (`training.sample_eval`); the outputs
 are written by `experiments/sweep_report.py`. `--shard i/n` runs the cells with index % n == i.
 
 Workdir layout (W is the workdir of the current config):
@@ -37,17 +37,13 @@ import fileio
 import sampling
 import utils
 from experiments import sweep_report
-from experiments.sweep_grid import (
+from experiments.sweep_grid import Cell, Run, enumerate_cells, get_runs, shard_cells
+from experiments.sweep_spec import (
     METRICS,
-    Cell,
-    Run,
     SweepSpec,
     default_sweep_config,
-    enumerate_cells,
-    get_runs,
     get_sweep_spec,
     parse_shard,
-    shard_cells,
 )
 from models import utils as mutils
 from training import devices, sample_eval, score_model
@@ -67,17 +63,21 @@ def cell_config(config, cell: Cell) -> ml_collections.ConfigDict:
 def build_sampling_fn(config, cell: Cell, model, shape, sharding=None):
     """`sampling_fn(key, params) -> (x, nfe)` of a cell.
 
-    The sampling SDE has the cell's N; the score function keeps the training SDE
-    (`score_sde`), so a discrete-time model is queried with its training labels: P2000 on a
-    N = 1000 model evaluates `s(x, i / 2)` (the paper's interpolation, Table 1).
+    The sampling SDE has the cell's N (and the config's sigma_min / sigma_max, beta_min /
+    beta_max); the score function keeps the training SDE (`score_sde`), so a discrete-time
+    model is queried between its training levels through the cell's label map: P2000 on a
+    N = 1000 model evaluates `s(x, i / 2)` ('linear', Table 1) or `s(x, floor(i / 2))`
+    ('round', Table 4); 'native' or '' keeps the original code's labels.
     """
     cfg = cell_config(config, cell)
     train_sde, _ = score_model.sde_from_config(config)
     sampling_sde, eps = score_model.sde_from_config(cfg)
     inverse_scaler = datasets.get_data_inverse_scaler(config)
+    label_map = cell.label_map if cell.label_map in ("linear", "round") else None
     return sampling.get_sampling_fn(
-        cfg, sampling_sde, model, shape, inverse_scaler, eps, sharding=sharding, score_sde=train_sde
-    )
+        cfg, sampling_sde, model, shape, inverse_scaler, eps, sharding=sharding,
+        score_sde=train_sde, label_map=label_map,
+    )  # fmt: skip
 
 
 @dataclasses.dataclass
@@ -149,8 +149,11 @@ def evaluate_cell(ctx: RunContext, cell: Cell, spec: SweepSpec, out_dir: str) ->
     shape += (config.data.num_channels,)
     fn = build_sampling_fn(config, cell, ctx.model, shape, devices.batch_sharding(ctx.mesh))
     work_dir = fileio.makedirs(fileio.join(out_dir, "work", cell.cell_id))
+    # Repeat r: seed + r (repeat 0 is the seed of a single-run sweep). Every cell of a repeat
+    # starts from the same prior noise, so the columns of one repeat are paired.
+    seed = spec.seed + cell.repeat
     draws = sample_eval.sample_rounds(
-        fn, ctx.params, jax.random.key(spec.seed), spec.num_samples, spec.batch_size, work_dir,
+        fn, ctx.params, jax.random.key(seed), spec.num_samples, spec.batch_size, work_dir,
         prefix="round_", desc=cell.cell_id,
     )  # fmt: skip
     samples = draws.pop("samples")
@@ -166,6 +169,9 @@ def evaluate_cell(ctx: RunContext, cell: Cell, spec: SweepSpec, out_dir: str) ->
         "predictor": options.get("predictor", ""),
         "corrector": options.get("corrector", ""),
         "options": options,
+        "snr": options["snr"] if options.get("corrector", "none") != "none" else None,
+        "seed": seed,
+        "training_scales": int(config.model.num_scales),
         "steps": cell.num_scales or options.get("steps"),
         "nfe": float(np.mean(draws["nfe_rounds"])),
         "metrics": metrics,
@@ -202,9 +208,10 @@ def run_sweep(config, workdir: str, shard: str = "0/1") -> list[dict]:
     cells = enumerate_cells(spec, runs)
     if not cells:
         raise ValueError(
-            f"Every cell of the sweep was skipped (the warnings above say why): config.sweep "
-            f"columns {list(spec.columns)}, samplers {list(spec.samplers)}, nfe {list(spec.nfe)}; "
-            "give more steps or other samplers."
+            "The sweep has no cells: every column / sampler was skipped (the warnings above say "
+            "why; VP and sub-VP PC steps need N > model.beta_max): config.sweep columns "
+            f"{list(spec.columns)}, samplers {list(spec.samplers)}, nfe {list(spec.nfe)}. Set "
+            "config.sweep.columns / samplers, or give more steps."
         )
     out_dir = fileio.join(fileio.absolute(workdir), "sweep")
     mine = shard_cells(cells, index, count)

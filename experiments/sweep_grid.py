@@ -1,13 +1,32 @@
-"""The sweep's grid: `config.sweep`, its parsing and validation, the runs and the cells.
+"""The sweep's grid: the runs and the cells of a `SweepSpec` (experiments/sweep_spec.py).
 
-A cell is (run, sampler, steps): a trained checkpoint (run) sampled with one sampler setting.
-The grid comes from the optional `config.sweep` ConfigDict (fields and defaults in
-`default_sweep_config`; without it, Table 1 of Song et al. 2021 for the config's SDE).
-`experiments/sweep.py` evaluates the cells, `experiments/sweep_report.py` writes the tables.
+A cell is (run, sampler, steps, repeat): a trained checkpoint (run) sampled with one sampler
+setting and one seed. The grid comes from `config.sweep` (by default Table 1 of Song et al.
+2021 for the config's SDE). `experiments/sweep.py` evaluates the cells,
+`experiments/sweep_report.py` writes the tables.
+
+Table 1 cells follow the paper's procedure (App. G; the wording quoted is that of
+`shared/reference/score_sde_facts.md`, section 8, which transcribes the paper):
+* P<N>: predictor only, N noise levels. "P2000 uses linear interpolation of noise scales,
+  s'(x,i) = s(x, i/2). VE keeps sigma_min and sigma_max. VP halves beta_min and beta_max
+  before doubling N." A column whose N differs from a discrete-time model's training N queries
+  it through `sweep.label_map` ('linear', or Table 4's 'round': "the rounding-interpolation
+  P2000 (s(x, floor(i/2)))"). The sampling SDE keeps the config's sigma_min / sigma_max and
+  beta_min / beta_max: `sde_lib`'s DDPM betas are linspace(beta_min / N, beta_max / N, N), so
+  with 2N levels each per-step beta (DDPM's beta_1 = 1e-4 ... beta_N = 0.02) is halved, which
+  is the paper's "halves beta_min and beta_max before doubling N" in DDPM's per-step terms.
+* C<N>: "C2000 is corrector-only, shared across predictor rows"; "C2000 uses 2 corrector
+  steps per level" and the model's 1000 noise levels, i.e. 2000 corrector evaluations. So C<N>
+  runs N / 2 levels x 2 Langevin steps = N evaluations (C1000: 500 levels x 2).
+* PC<N>: N levels, one predictor and one corrector step at each (2N evaluations).
+* snr: "Table 5, the best snr: VE C2000 0.22, VE PC1000 (anc / RD / PF) 0.17 / 0.16 / 0.17,
+  VP C2000 0.27, VP PC1000 0.01 / 0.01 / 0.04" (`sweep.snr='paper'`, by column kind, so C200
+  and C1000 take the C2000 value and PC100 the PC1000 one).
+* "FID, mean +- std over 5 runs": `sweep.repeats` independent seeds per cell.
 
 References:
   Song et al. 2021, "Score-Based Generative Modeling through Stochastic Differential Equations"
-  (arXiv:2011.13456), Table 1 and App. G; P2000 queries the model as `s'(x, i) = s(x, i / 2)`.
+  (arXiv:2011.13456), Tables 1, 4 and 5 and App. G.
 """
 
 from __future__ import annotations
@@ -23,252 +42,20 @@ from absl import logging
 
 import fileio
 import sampling
-from samplers import fast_samplers, schedules
-
-# Table 1 rows: a predictor name, or 'probability_flow' (reverse diffusion on the flow ODE).
-TABLE1_ROWS = ("ancestral_sampling", "reverse_diffusion", "probability_flow", "euler_maruyama")
-# Table 1 columns: P = predictor only, C = corrector only, PC = predictor + corrector; N steps.
-COLUMN_RE = re.compile(r"^(P|C|PC)(\d+)$")
-SHARD_RE = re.compile(r"^(\d+)/(\d+)$")
-# Metric names of `sweep.metrics` -> which result keys they keep (`kid` also keeps `kid_<name>`).
-METRICS = {"fid": ("fid",), "kid": ("kid",), "is": ("inception_score",), "fd": (), "bpd": ("bpd",)}
-SDE_LABELS = {"vesde": "VE", "vpsde": "VP", "subvpsde": "subVP"}
-ROW_TITLES = {
-    "ancestral_sampling": "ancestral sampling",
-    "reverse_diffusion": "reverse diffusion",
-    "probability_flow": "probability flow",
-    "euler_maruyama": "Euler-Maruyama",
-}
-# Paper, Table 1 / App. G: C2000 runs 2 Langevin steps per noise level; PC one step.
-C_STEPS_EACH = 2
-
-
-# --------------------------------------------------------------------------------------------
-# Grid specification.
-# --------------------------------------------------------------------------------------------
-
-
-@dataclasses.dataclass(frozen=True)
-class SamplerKind:
-    """How a `config.sampling.method` is swept at an NFE budget.
-
-    Attributes:
-      options: option name in a sampler string -> `config.sampling` field it sets.
-      choices: option name -> its valid values (options absent here take any value).
-      evals_per_step: score evaluations per step (None: an adaptive solver, swept once).
-      extra_evals: evaluations beyond `evals_per_step * steps` (steps are chosen so that the
-        total stays within the budget).
-    """
-
-    options: dict[str, str]
-    choices: dict[str, tuple] = dataclasses.field(default_factory=dict)
-    evals_per_step: int | None = 1
-    extra_evals: int = 0
-
-
-def _same(*names: str) -> dict[str, str]:
-    return {name: name for name in names}
-
-
-# Extra samplers 'name[:option=value...]', fields as `sampling.get_sampling_fn` reads them. The
-# cell records the NFE the sampler really used ('pc' steps use its predictor / corrector counts).
-SAMPLERS = {
-    "pc": SamplerKind(
-        _same("predictor", "corrector", "snr", "n_steps_each", "probability_flow"),
-        {"predictor": tuple(sampling.PREDICTORS), "corrector": tuple(sampling.CORRECTORS)},
-    ),
-    "ode": SamplerKind(_same("rtol", "atol"), evals_per_step=None),
-    "adaptive": SamplerKind(_same("reltol", "abstol", "h_init"), evals_per_step=None),
-    # DPM-Solver's `steps` is its NFE budget, singlestep or multistep.
-    "dpm_solver": SamplerKind(
-        {"order": "dpm_order", "method": "dpm_method", "algorithm": "dpm_algorithm"}
-        | {"skip_type": "skip_type", "denoise": "fast_denoise", "thresholding": "dpm_thresholding"},
-        {
-            "order": (1, 2, 3),
-            "method": fast_samplers.METHODS,
-            "algorithm": fast_samplers.ALGORITHMS,
-            "skip_type": schedules.SKIP_TYPES,
-            "thresholding": (True, False),
-        },
-    ),
-    "ddim": SamplerKind({"denoise": "fast_denoise"}),
-    # EDM's Heun: 2 evaluations per step, Euler on the last one: 2 steps - 1.
-    "heun": SamplerKind({"denoise": "fast_denoise"}, evals_per_step=2, extra_evals=-1),
-}
-
-
-def default_sweep_config() -> ml_collections.ConfigDict:
-    """The fields of `config.sweep` and their defaults (the paper's Table 1)."""
-    s = ml_collections.ConfigDict()
-    # Table 1 rows: predictor names, or 'probability_flow' (reverse diffusion on the flow ODE).
-    s.rows = ("ancestral_sampling", "reverse_diffusion", "probability_flow")
-    # Table 1 columns (P|C|PC)<N>: predictor only / corrector only, 2 steps per level /
-    # predictor + 1 corrector step; N steps. Corrector and snr from config.sampling.
-    s.columns = ("P1000", "P2000", "C2000", "PC1000")
-    # Extra samplers 'name[:option=value...][@N1/N2...]' (names in SAMPLERS), one cell per NFE
-    # budget: the sampler's own '@' budgets, else `nfe`.
-    s.samplers = ()
-    # NFE budgets of the extra samplers (adaptive solvers run once, at their own NFE).
-    s.nfe = (10, 20, 50, 100, 1000)
-    # Extra runs 'LABEL=config.py:workdir', swept besides the current config and workdir.
-    s.runs = ()
-    # Label of the current run; '' = its SDE ('VE', 'VP', 'subVP').
-    s.label = ""
-    # Checkpoint index k = step / training.snapshot_freq (as eval.begin_ckpt); -1 = latest.
-    s.ckpt = -1
-    # Samples per cell; -1 = eval.num_samples.
-    s.num_samples = -1
-    # Global sampling batch size (a multiple of the device count); -1 = eval.batch_size.
-    s.batch_size = -1
-    # Subset of 'fid', 'kid', 'is', 'fd', 'bpd' (bpd on 'ode' cells only); () = all that
-    # config.eval enables (Inception unless eval.inception_path='none'; FD with an extractor).
-    s.metrics = ()
-    # Seed of the sample keys (every cell starts from the same prior noise); -1 = config.seed.
-    s.seed = -1
-    return s
-
-
-@dataclasses.dataclass(frozen=True)
-class SweepSpec:
-    """`config.sweep` resolved against `default_sweep_config`, validated."""
-
-    rows: tuple[str, ...]
-    columns: tuple[str, ...]
-    samplers: tuple[str, ...]
-    nfe: tuple[int, ...]
-    runs: tuple[str, ...]
-    label: str
-    ckpt: int
-    num_samples: int
-    batch_size: int
-    metrics: tuple[str, ...]
-    seed: int
-
-
-def get_sweep_spec(config) -> SweepSpec:
-    """Reads `config.sweep` (missing fields take their defaults) and checks every value."""
-    values = default_sweep_config().to_dict()
-    user = config.get("sweep")
-    if user is not None:
-        unknown = sorted(set(user.keys()) - set(values))
-        if unknown:
-            raise ValueError(f"Unknown config.sweep fields {unknown}; valid: {sorted(values)}")
-        values.update(user.to_dict())
-    for name in ("rows", "columns", "samplers", "runs", "metrics"):
-        values[name] = tuple(str(v) for v in values[name])
-    values["nfe"] = tuple(int(v) for v in values["nfe"])
-    for name, default in (
-        ("num_samples", config.eval.num_samples),
-        ("batch_size", config.eval.batch_size),
-        ("seed", config.seed),
-    ):
-        values[name] = int(default if values[name] == -1 else values[name])  # fmt: skip
-    spec = SweepSpec(**values)
-    for row in spec.rows:
-        _check_choice("config.sweep.rows entry", row, TABLE1_ROWS)
-    for column in spec.columns:
-        parse_column(column)
-    for sampler in spec.samplers:
-        parse_sampler(sampler)
-    for metric in spec.metrics:
-        _check_choice("config.sweep.metrics entry", metric, tuple(METRICS))
-    if any(b < 1 for b in spec.nfe) or spec.num_samples < 1 or spec.batch_size < 1:
-        raise ValueError("config.sweep.nfe, num_samples and batch_size must be positive")
-    _check_metric_sources(config, spec.metrics)
-    return spec
-
-
-def _check_choice(what: str, value, valid) -> None:
-    if value not in valid:
-        raise ValueError(f"Unknown {what} {value!r}; valid: {list(valid)}")
-
-
-def _check_metric_sources(config, metrics) -> None:
-    """Requested metrics must have their feature network configured."""
-    offline = bool(config.eval.get("feature_extractor_path", ""))
-    inception = {"fid", "is"} | (set() if offline else {"kid"})
-    if set(metrics) & inception and config.eval.inception_path.lower() == "none":
-        raise ValueError(
-            f"metrics {sorted(set(metrics) & inception)} need Inception but "
-            "eval.inception_path is 'none'; use 'fd' / 'kid' with eval.feature_extractor_path, "
-            "or set eval.inception_path"
-        )
-    if "fd" in metrics and not offline:
-        raise ValueError(
-            "metric 'fd' needs an offline feature extractor: set eval.feature_extractor_path "
-            "(train one with `python -m evaluation --train_extractor ...`)"
-        )
-
-
-def parse_column(column: str) -> tuple[str, int]:
-    """'PC1000' -> ('PC', 1000); raises on anything but (P|C|PC)<N>, N >= 1."""
-    match = COLUMN_RE.match(str(column))
-    if match is None or int(match.group(2)) < 1:
-        raise ValueError(
-            f"Bad Table 1 column {column!r}; valid forms: P<N> (predictor only), C<N> "
-            "(corrector only), PC<N> (predictor + corrector), N >= 1, e.g. 'P1000', 'PC1000'"
-        )
-    return match.group(1), int(match.group(2))
-
-
-def _parse_value(text: str):
-    """Option values: true/false, int, float, else the string."""
-    if text.lower() in ("true", "false"):
-        return text.lower() == "true"
-    for cast in (int, float):
-        try:
-            return cast(text)
-        except ValueError:
-            pass
-    return text
-
-
-def split_budgets(text: str) -> tuple[str, tuple[int, ...] | None]:
-    """'heun@10/20' -> ('heun', (10, 20)): a sampler's own NFE budgets (else `sweep.nfe`)."""
-    text, sep, budgets = str(text).partition("@")
-    if not sep:
-        return text, None
-    try:
-        values = tuple(int(b) for b in budgets.split("/"))
-    except ValueError:
-        values = ()
-    if not values or min(values) < 1:
-        raise ValueError(
-            f"Bad NFE budgets {budgets!r} in sampler {text + sep + budgets!r}; the form is "
-            "'name[:option=value...]@N1/N2/...' with positive integers, e.g. 'heun@10/20/50'"
-        )
-    return text, values
-
-
-def parse_sampler(text: str) -> tuple[str, dict[str, Any]]:
-    """'dpm_solver:order=2:method=multistep' -> ('dpm_solver', {'order': 2, ...}).
-
-    A suffix '@10/20' (the sampler's own NFE budgets) is allowed and ignored here.
-    """
-    name, *parts = split_budgets(text)[0].split(":")
-    _check_choice("sampler", name, tuple(SAMPLERS))
-    kind, options = SAMPLERS[name], {}
-    for part in parts:
-        key, sep, value = part.partition("=")
-        if not sep or not key or not value:
-            raise ValueError(
-                f"Bad sampler option {part!r} in {text!r}; the form is "
-                f"'{name}:option=value[:option=value]', options: {sorted(kind.options)}"
-            )
-        _check_choice(f"option of sampler {name!r}:", key, tuple(kind.options))
-        options[key] = _parse_value(value)
-        if key in kind.choices:
-            _check_choice(f"value of {name}:{key}", options[key], kind.choices[key])
-    return name, options
-
-
-def parse_shard(shard: str) -> tuple[int, int]:
-    """'1/4' -> (1, 4); raises unless 0 <= i < n."""
-    match = SHARD_RE.match(str(shard).strip())
-    if match is None or not int(match.group(1)) < int(match.group(2)):
-        raise ValueError(f"Bad shard {shard!r}; the form is 'i/n' with 0 <= i < n, e.g. '0/4'")
-    return int(match.group(1)), int(match.group(2))
-
+from experiments.sweep_spec import (
+    C_STEPS_EACH,
+    INT_LABEL_MODELS,
+    PAPER_SNR,
+    SAMPLERS,
+    SDE_LABELS,
+    SweepSpec,
+    get_sweep_spec,
+    parse_column,
+    parse_sampler,
+    parse_snr,
+    parse_snr_cell,
+    split_budgets,
+)
 
 # --------------------------------------------------------------------------------------------
 # Runs and cells.
@@ -332,6 +119,11 @@ class Cell:
       method: `config.sampling.method`. options: `config.sampling` fields to set.
       num_scales: N of the sampling SDE for PC cells (None: the training N).
       nfe_budget: the NFE budget of an 'nfe' cell.
+      repeat: index of the sampling run (seed `sweep.seed + repeat`).
+      label_map: how a discrete-time model is queried when `num_scales` differs from its
+        training N: 'linear', 'round' or 'native' (`sweep.label_map`); '' = not needed.
+      snr_source: where the corrector's snr comes from: 'paper' (Table 5), 'config',
+        'sweep' (`sweep.snr`), 'cell' (`sweep.snr_cells`); '' = no corrector.
     """
 
     run: str
@@ -342,11 +134,15 @@ class Cell:
     options: tuple[tuple[str, Any], ...]
     num_scales: int | None = None
     nfe_budget: int | None = None
+    repeat: int = 0
+    label_map: str = ""
+    snr_source: str = ""
 
     @property
     def cell_id(self) -> str:
-        """Stable file-name slug of (run, sampler, steps)."""
-        return re.sub(r"[^A-Za-z0-9_.+-]+", "-", f"{self.run}__{self.row}__{self.column}")
+        """Stable file-name slug of (run, sampler, steps[, repeat]); repeat 0 has no suffix."""
+        suffix = f"__r{self.repeat}" if self.repeat else ""
+        return re.sub(r"[^A-Za-z0-9_.+-]+", "-", f"{self.run}__{self.row}__{self.column}{suffix}")
 
 
 def _ddpm_ok(config, options: dict, n: int) -> bool:
@@ -368,8 +164,51 @@ def _pc_options(config, predictor: str, corrector: str, n_steps: int, flow: bool
     }
 
 
-def table1_cell(run: Run, row: str, column: str) -> Cell | None:
-    """The Table 1 cell (row, column) of a run; None when the sampler does not apply."""
+def cell_snr(spec: SweepSpec, run: Run, kind: str, column: str, row: str) -> tuple[float, str]:
+    """The corrector snr of a C / PC cell and its source ('paper', 'config', 'sweep', 'cell').
+
+    'paper' is Table 5 by column kind, not by N: a scaled-down C200 takes C2000's snr and PC100
+    takes PC1000's (the snr sets the Langevin step relative to the noise, whatever the N).
+    """
+    config, fixed = run.config, parse_snr(spec.snr)
+    if fixed is None:
+        sde = config.training.sde.lower()
+        value = PAPER_SNR.get((sde, kind) if kind == "C" else (sde, kind, row))
+        source = "paper"
+        if value is None:  # sub-VP, Euler-Maruyama rows: Table 5 has no value
+            logging.info("No Table 5 snr for %s %s %s: config.sampling.snr.", sde, column, row)
+    else:
+        value, source = (fixed, "sweep") if fixed > 0 else (None, "config")
+    if value is None:
+        value, source = float(config.sampling.snr), "config"
+    for text in spec.snr_cells:
+        run_label, target, cell_row, snr = parse_snr_cell(text)
+        if run_label in (None, run.label) and target in (kind, column) and cell_row in (None, row):
+            value, source = snr, "cell"
+    return float(value), source
+
+
+def cell_label_map(spec: SweepSpec, config, num_scales: int) -> str:
+    """`Cell.label_map` of a cell sampled with `num_scales` levels ('' when not needed)."""
+    if config.training.continuous or num_scales == config.model.num_scales:
+        return ""
+    if spec.label_map == "linear" and config.model.name in INT_LABEL_MODELS:
+        logging.warning(
+            "%s takes integer noise levels: label_map 'round' instead of 'linear'.",
+            config.model.name,
+        )
+        return "round"
+    return spec.label_map
+
+
+def table1_cell(
+    run: Run, row: str, column: str, spec: SweepSpec | None = None, repeat: int = 0
+) -> Cell | None:
+    """The Table 1 cell (row, column) of a run; None when the sampler does not apply.
+
+    `spec` (default: `get_sweep_spec(run.config)`) gives the snr and the label map.
+    """
+    spec = get_sweep_spec(run.config) if spec is None else spec
     kind, n = parse_column(column)
     config = run.config
     # Corrector of the config; Langevin (the paper's) when the config samples without one.
@@ -377,22 +216,29 @@ def table1_cell(run: Run, row: str, column: str) -> Cell | None:
     corrector = "langevin" if corrector == "none" else corrector
     predictor = "reverse_diffusion" if row == "probability_flow" else row
     flow = row == "probability_flow"
-    if kind == "C":  # Shared by every row, as in the paper's table.
-        row, options = "corrector", _pc_options(config, "none", corrector, C_STEPS_EACH, False)
+    levels, snr_source = n, ""
+    if kind == "C":  # Shared by every row, as in the paper's table; N / 2 levels x 2 steps.
+        row, levels = "corrector", n // C_STEPS_EACH
+        options = _pc_options(config, "none", corrector, C_STEPS_EACH, False)
     elif kind == "P":
         options = _pc_options(config, predictor, "none", 1, flow)
     else:
         options = _pc_options(config, predictor, corrector, 1, flow)
+    if kind != "P":
+        options["snr"], snr_source = cell_snr(spec, run, kind, column, row)
     sde = config.training.sde.lower()
     if predictor == "ancestral_sampling" and kind != "C" and sde == "subvpsde":
         logging.info(
             "Skipping %s %s %s: ancestral sampling has no sub-VP form.", run.label, row, column
         )
         return None
-    if not _ddpm_ok(config, options, n):
+    if not _ddpm_ok(config, options, levels):
         logging.warning("Skipping %s %s %s: needs beta_max / N < 1.", run.label, row, column)
         return None
-    return Cell(run.label, "table1", row, column, "pc", tuple(sorted(options.items())), n)
+    label_map = cell_label_map(spec, config, levels)
+    items = tuple(sorted(options.items()))
+    return Cell(run.label, "table1", row, column, "pc", items, levels, None, repeat, label_map,
+                snr_source)  # fmt: skip
 
 
 def _pc_budget_options(run: Run, text: str, options: dict) -> tuple[dict, int]:
@@ -411,13 +257,17 @@ def _pc_budget_options(run: Run, text: str, options: dict) -> tuple[dict, int]:
     return options, evals
 
 
-def nfe_cell(run: Run, text: str, budget: int | None) -> Cell | None:
-    """The cell of extra sampler `text` at NFE `budget` (None for adaptive solvers)."""
+def nfe_cell(run: Run, text: str, budget: int | None, repeat: int = 0) -> Cell | None:
+    """The cell of extra sampler `text` at NFE `budget` (None for adaptive solvers).
+
+    Samplers keep the original's labels (`label_map` 'native') and the config's snr.
+    """
     name, parsed = parse_sampler(text)
     kind = SAMPLERS[name]
     options = {kind.options[k]: v for k, v in parsed.items()}
     if kind.evals_per_step is None:
-        return Cell(run.label, "nfe", text, "adaptive", name, tuple(sorted(options.items())))
+        items = tuple(sorted(options.items()))
+        return Cell(run.label, "nfe", text, "adaptive", name, items, repeat=repeat)
     if name == "pc":
         options, evals = _pc_budget_options(run, text, options)
     else:
@@ -433,22 +283,24 @@ def nfe_cell(run: Run, text: str, budget: int | None) -> Cell | None:
     if name != "pc":
         options["steps"] = n
     items = tuple(sorted(options.items()))
-    return Cell(run.label, "nfe", text, f"nfe{budget}", name, items, num_scales, budget)
+    return Cell(run.label, "nfe", text, f"nfe{budget}", name, items, num_scales, budget, repeat)
 
 
 def enumerate_cells(spec: SweepSpec, runs: dict[str, Run]) -> list[Cell]:
-    """Every cell, in a stable order: per run, Table 1 (column-major), then extra samplers."""
+    """Every cell, in a stable order: per repeat, per run, Table 1 (column-major), then extra
+    samplers. Repeat-major, so a partial sweep has whole tables of the first repeats."""
     cells = []
-    for run in runs.values():
-        for column in spec.columns:
-            kind, _ = parse_column(column)
-            for row in spec.rows[:1] if kind == "C" else spec.rows:
-                cells.append(table1_cell(run, row, column))
-        for text in spec.samplers:
-            text, budgets = split_budgets(text)
-            adaptive = SAMPLERS[parse_sampler(text)[0]].evals_per_step is None
-            for budget in (None,) if adaptive else budgets or spec.nfe:
-                cells.append(nfe_cell(run, text, budget))
+    for repeat in range(spec.repeats):
+        for run in runs.values():
+            for column in spec.columns:
+                kind, _ = parse_column(column)
+                for row in spec.rows[:1] if kind == "C" else spec.rows:
+                    cells.append(table1_cell(run, row, column, spec, repeat))
+            for text in spec.samplers:
+                text, budgets = split_budgets(text)
+                adaptive = SAMPLERS[parse_sampler(text)[0]].evals_per_step is None
+                for budget in (None,) if adaptive else budgets or spec.nfe:
+                    cells.append(nfe_cell(run, text, budget, repeat))
     return [c for c in cells if c is not None]
 
 

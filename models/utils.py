@@ -24,6 +24,10 @@ from models import ddpm, ncsnpp, ncsnv2
 # Labels of a continuous VP / sub-VP model are 999 t: the time embedding expects the range of
 # the DDPM time-step index (0 .. 999).
 _VP_LABEL_SCALE = 999
+# How a discrete-time model is queried between its training levels (`get_score_fn(label_map=)`).
+LABEL_MAPS = ("linear", "round")
+# Networks that take integer noise-level labels only (an embedding row or a table per level).
+_INT_LABEL_MODULES = (ncsnv2.NCSNv2, ncsnv2.NCSNv2_128, ncsnv2.NCSNv2_256, ncsnv2.NCSN)
 
 
 def get_sigmas(config) -> Array:
@@ -183,6 +187,14 @@ def _cast_module_outputs(dtype):
     return interceptor
 
 
+def interpolate_table(table: Array, levels: Array) -> Array:
+    """`table` at fractional indices `levels` [B], linear between neighbouring entries."""
+    lower = jnp.clip(jnp.floor(levels), 0, table.shape[0] - 1)
+    upper = jnp.minimum(lower + 1, table.shape[0] - 1)
+    weight = (levels - lower).astype(table.dtype)
+    return (1 - weight) * table[lower.astype(jnp.int32)] + weight * table[upper.astype(jnp.int32)]
+
+
 def get_model_fn(
     model: nn.Module,
     params: Any,
@@ -237,6 +249,7 @@ def get_score_fn(
     train: bool = False,
     continuous: bool = False,
     dtype=None,
+    label_map: str | None = None,
 ) -> Callable[..., Array]:
     """Wraps a score network as the score `s(x, t) ~ grad_x log p_t(x)` of `sde`.
 
@@ -251,6 +264,24 @@ def get_score_fn(
       std(t)` = `sqrt((sigma^(2t) - 1) / (2 ln sigma))`; with `scale_by_sigma` the network
       output is divided by std(t), which is the tutorial ScoreNet's `h / marginal_prob_std(t)`.
 
+    `label_map` sets how a *discrete-time* model (VP or VE, `continuous=False`) is queried at a
+    time between its N training levels, as when a sampler with another N uses it (Table 1's
+    P2000 on an N = 1000 model). Write u = t (N - 1) for the fractional training level at t
+    (ascending noise; on the 2N-point sampling grid, u is within half a level of i / 2 for the
+    grid's level i and equal at both ends):
+    * None: the original code's labels (above): VE rounds, VP passes u with the std of level
+      floor(u). The default, unchanged for every other caller.
+    * 'linear': the paper's Table 1 interpolation `s'(x, i) = s(x, i / 2)` (App. G): the
+      network gets the fractional level u, and the noise scale dividing it is interpolated
+      too: VP `std` linearly between levels floor(u) and floor(u) + 1; VE sigma at the
+      fractional level, sigma_max (sigma_min / sigma_max)^(level / (N - 1)) = sigma(t) (the
+      2N-level table keeps sigma_min and sigma_max), by rescaling the output of networks that
+      divide by `sigmas[int(label)]` (`scale_by_sigma`).
+    * 'round': the paper's Table 4 rounding interpolation `s'(x, i) = s(x, floor(i / 2))`: the
+      nearest level round(u) and its table entry (for VE this is the original's labels). On
+      the 2N-point grid round(u) = floor(i / 2) (up to the eps end of the grid).
+    Continuous-time models take t itself (sigma(t) or 999 t); there `label_map` is ignored.
+
     Args:
       sde: an `sde_lib.VPSDE`, `subVPSDE`, `VESDE` or `TutorialVESDE`.
       model: the Flax score network.
@@ -259,13 +290,21 @@ def get_score_fn(
       train: training mode (dropout on; `score_fn` then needs `key`).
       continuous: the model was trained with continuous time.
       dtype: the network's activation dtype (`get_model_fn`); the score is float32 either way.
+      label_map: None, 'linear' or 'round' (discrete-time models between their levels).
 
     Returns:
       `score_fn(x, t, key=None)` with `x` [B, ...] and `t` [B].
 
     Raises:
       NotImplementedError: an SDE class other than the three above.
+      ValueError: an unknown `label_map`, or 'linear' for a network with integer labels.
     """
+    if label_map is not None and label_map not in LABEL_MAPS:
+        raise ValueError(f"Unknown label_map {label_map!r}; valid: None, {list(LABEL_MAPS)}")
+    if label_map == "linear" and not continuous and isinstance(model, _INT_LABEL_MODULES):
+        raise ValueError(
+            f"{type(model).__name__} takes integer noise levels only; use label_map='round'"
+        )
     model_fn = get_model_fn(model, params, states, train=train, dtype=dtype)
 
     if isinstance(sde, (sde_lib.VPSDE, sde_lib.subVPSDE)):
@@ -279,7 +318,12 @@ def get_score_fn(
             else:
                 labels = t * (sde.N - 1)
                 table = jnp.asarray(sqrt_1m_alphas_cumprod, dtype=x.dtype)
-                std = table[labels.astype(jnp.int32)]
+                if label_map == "round":
+                    labels = jnp.round(labels)
+                if label_map == "linear":
+                    std = interpolate_table(table, labels)
+                else:
+                    std = table[labels.astype(jnp.int32)]
             out = model_fn(x, labels, key)
             return -out / sde_lib.batch_bcast(std, x)
 
@@ -296,13 +340,25 @@ def get_score_fn(
             return model_fn(x, labels, key)
 
     elif isinstance(sde, sde_lib.VESDE):
+        # Networks that divide their output by `sigmas[int(label)]` (positional / DDPM VE).
+        table_scaled = getattr(model, "scale_by_sigma", False) and bool(
+            getattr(model, "sigmas", None)
+        )
 
         def score_fn(x: Array, t: Array, key: Array | None = None) -> Array:
             if continuous:
-                labels = sde.marginal_prob(jnp.zeros_like(x), t)[1]
-            else:
-                labels = jnp.round((sde.T - t) * (sde.N - 1)).astype(jnp.int32)
-            return model_fn(x, labels, key)
+                return model_fn(x, sde.marginal_prob(jnp.zeros_like(x), t)[1], key)
+            # Descending level index: 0 = sigma_max at t = T.
+            levels = (sde.T - t) * (sde.N - 1)
+            if label_map != "linear":
+                return model_fn(x, jnp.round(levels).astype(jnp.int32), key)
+            out = model_fn(x, levels, key)
+            if table_scaled:
+                # sigmas[floor(l)] / sigma(l) = (sigma_max / sigma_min)^(frac(l) / (N - 1)).
+                frac = levels - jnp.floor(levels)
+                ratio = (sde.sigma_max / sde.sigma_min) ** (frac / (sde.N - 1))
+                out = out * sde_lib.batch_bcast(ratio.astype(out.dtype), x)
+            return out
 
     else:
         raise NotImplementedError(f"SDE class {type(sde).__name__} not yet supported.")

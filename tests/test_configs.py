@@ -69,10 +69,11 @@ def flat(config):
 
 
 def test_discovery_finds_every_config():
-    # 42 original experiment configs - 3 defaults + 4 tiny testing configs + 1 demo config
-    # + 2 tutorial-SDE configs (sigma 25 and 50).
-    assert len(EXPERIMENTS) == 46, EXPERIMENTS
-    assert sum(e.startswith("demo.") for e in EXPERIMENTS) == 1
+    # 42 original experiment configs - 3 defaults + 4 tiny testing configs + 3 demo configs
+    # (the make-demo DDPM++ and the two Fashion-MNIST Table 1 models) + 2 tutorial-SDE configs
+    # (sigma 25 and 50).
+    assert len(EXPERIMENTS) == 48, EXPERIMENTS
+    assert sum(e.startswith("demo.") for e in EXPERIMENTS) == 3
     assert sum(e.startswith("tutorial.") for e in EXPERIMENTS) == 2
     assert len(DEFAULT_MODULES) == 4, DEFAULT_MODULES
     assert sum(e.startswith("testing.") for e in EXPERIMENTS) == 4
@@ -363,6 +364,9 @@ EMA_EXCEPTIONS = {
     "demo/fashion_mnist_ddpmpp": 0.995,
     "tutorial/fashion_mnist_sigma25": 0.995,
     "tutorial/fashion_mnist_sigma50": 0.995,
+    # Project Table 1 demos (3000 CPU steps): the make-demo rate.
+    "demo/fashion_mnist_ddpm_table1": 0.995,
+    "demo/fashion_mnist_smld_table1": 0.995,
 }
 
 

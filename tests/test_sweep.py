@@ -20,7 +20,7 @@ from PIL import Image
 import losses
 from configs.testing import ddpm_tiny, ddpmpp_tiny
 from experiments import extractor as extractor_lib
-from experiments import sweep, sweep_grid, sweep_report
+from experiments import sweep, sweep_grid, sweep_report, sweep_spec
 from models import utils as mutils
 from training import checkpoints, score_model
 
@@ -31,7 +31,7 @@ def _with_sweep(config, **fields):
 
 
 def _grid(config):
-    spec = sweep_grid.get_sweep_spec(config)
+    spec = sweep_spec.get_sweep_spec(config)
     return sweep_grid.enumerate_cells(spec, sweep_grid.get_runs(config, "/tmp/unused", spec))
 
 
@@ -114,7 +114,7 @@ def test_extra_runs_and_cli_overrides():
         runs=("NCSN++=configs/testing/ncsnpp_tiny.py:/tmp/ve_run",),
     )
     config.eval.feature_extractor_path = "/tmp/extractor"
-    spec = sweep_grid.get_sweep_spec(config)
+    spec = sweep_spec.get_sweep_spec(config)
     runs = sweep_grid.get_runs(config, "/tmp/vp_run", spec)
     assert [(r.label, r.workdir, r.config.training.sde) for r in runs.values()] == [
         ("VP", "/tmp/vp_run", "vpsde"), ("NCSN++", "/tmp/ve_run", "vesde"),
@@ -124,7 +124,7 @@ def test_extra_runs_and_cli_overrides():
     ids = [c.cell_id for c in sweep_grid.enumerate_cells(spec, runs)]
     assert ids == ["VP__reverse_diffusion__P50", "NCSN++__reverse_diffusion__P50"]
     # --sweep.* flags that differ from the defaults override the config file's sweep.
-    flags = sweep_grid.default_sweep_config()
+    flags = sweep_spec.default_sweep_config()
     flags.columns = ("P10", "PC10")
     merged = sweep.with_cli_overrides(config, flags).sweep
     assert (merged.columns, merged.rows) == (("P10", "PC10"), ("reverse_diffusion",))
@@ -160,7 +160,7 @@ def test_bad_specs_raise_naming_the_value(field, value, message):
 @pytest.mark.parametrize("shard", ["3/2", "a/b", "1", "-1/2", "0/0", "1/1"])
 def test_bad_shard_raises(shard):
     with pytest.raises(ValueError, match=rf"Bad shard '{shard}'; the form is 'i/n'"):
-        sweep_grid.parse_shard(shard)
+        sweep_spec.parse_shard(shard)
 
 
 def test_shards_partition_the_cells():
@@ -168,7 +168,7 @@ def test_shards_partition_the_cells():
     assert len(cells) == 14
     for n in (1, 2, 3, 5):
         parts = [
-            sweep_grid.shard_cells(cells, *sweep_grid.parse_shard(f"{i}/{n}")) for i in range(n)
+            sweep_grid.shard_cells(cells, *sweep_spec.parse_shard(f"{i}/{n}")) for i in range(n)
         ]
         ids = [c.cell_id for part in parts for c in part]
         assert sorted(ids) == sorted(c.cell_id for c in cells)  # union = all, disjoint
@@ -185,7 +185,8 @@ def test_shards_share_outputs(tmp_path, monkeypatch):
         evaluated.append(cell.cell_id)
         # Heun's last step is Euler (one evaluation fewer); the ODE takes what it needs.
         nfe = {"heun": (cell.nfe_budget or 0) - 1, "ode": 137}.get(cell.row, None)
-        nfe = float(nfe or cell.nfe_budget or cell.num_scales)
+        steps = cell.num_scales and cell.num_scales * dict(cell.options)["n_steps_each"]
+        nfe = float(nfe or cell.nfe_budget or steps)
         return {"cell_id": cell.cell_id, "run": cell.run, "group": cell.group, "row": cell.row,
                 "column": cell.column, "nfe_budget": cell.nfe_budget, "nfe": nfe,
                 "metrics": {"fid": 100.0 / nfe, "fd_cnn": 1.0}}  # fmt: skip
@@ -202,8 +203,9 @@ def test_shards_share_outputs(tmp_path, monkeypatch):
     out = tmp_path / "sweep"
     table = (out / "table1.md").read_text().splitlines()
     assert "Metric: fid" in table[0]  # FID first, FD only without it
-    assert table[2] == "| predictor | VE P10 | VE C10 |"
-    assert table[4:7] == [f"| {r} | 10 | 10 |" for r in sweep_grid.ROW_TITLES.values()][:3]
+    # C10 = 5 levels x 2 Langevin steps on a discrete model with N = 10: queried 'linear'.
+    assert table[2] == "| predictor | VE P10 | VE C10 [linear] |"
+    assert table[4:7] == [f"| {r} | 10 | 10 |" for r in sweep_spec.ROW_TITLES.values()][:3]
     nfe_table = (out / "nfe_table.md").read_text().splitlines()
     assert nfe_table[2] == "| run | sampler | 10 | 20 | adaptive |"
     assert nfe_table[4:] == [
@@ -241,7 +243,8 @@ def _run_cell(config, cell):
     return int(nfe), model.labels
 
 
-@pytest.mark.parametrize("column,nfe", [("C20", 40), ("PC20", 40)])  # P: the P2000 test
+# C<N>: N corrector evaluations (N / 2 levels x 2 Langevin steps); PC<N>: N + N.
+@pytest.mark.parametrize("column,nfe", [("C20", 20), ("C10", 10), ("PC20", 40)])
 def test_recorded_nfe_is_the_real_count(column, nfe):
     config = _ve_config()  # VE N=10 has no beta_max / N limit
     run = sweep_grid.Run("VE", config, "/tmp/unused")
@@ -271,19 +274,31 @@ def test_fast_sampler_cells_record_the_real_nfe(sampler, nfe):
 def test_p2000_queries_a_discrete_model_with_its_training_labels():
     """Discrete DDPM trained with N = 25, sampled with N = 50: labels t (25 - 1), s(x, i/2)."""
     config = ddpm_tiny.get_config()  # continuous=False, N = 25
-    cell = sweep_grid.table1_cell(
-        sweep_grid.Run("VP", config, "/tmp/unused"), "reverse_diffusion", "P50"
-    )
+    run = sweep_grid.Run("VP", config, "/tmp/unused")
+    cell = sweep_grid.table1_cell(run, "reverse_diffusion", "P50")
+    assert cell.label_map == "linear"  # the Table 1 default
+    assert sweep_grid.table1_cell(run, "reverse_diffusion", "P25").label_map == ""  # own N
     count, labels = _run_cell(config, cell)
     labels = np.stack(labels)[:, 0]  # one label per evaluation (all examples share t)
     assert count == len(labels) == 50
     np.testing.assert_allclose(labels.max(), 24.0, rtol=1e-6)  # with N = 50 it would be 49
     assert len(np.unique(labels)) == 50  # 50 interpolated levels between the 25 trained ones
-    # VE discrete (N = 10 trained, 20 sampled): every trained index, each used twice.
+    # VE discrete (N = 10 trained, 20 sampled), 'linear': fractional levels from sigma_max
+    # (label 0) down to sigma_min (label 9), about half a level apart.
     config = _ve_config()
     cell = sweep_grid.table1_cell(
         sweep_grid.Run("VE", config, "/tmp/unused"), "reverse_diffusion", "P20"
     )
+    labels = np.stack(_run_cell(config, cell)[1])[:, 0]
+    assert labels.dtype.kind == "f" and len(np.unique(labels)) == 20
+    np.testing.assert_allclose(np.diff(labels), 9 / 19, rtol=1e-4)
+    np.testing.assert_allclose(labels[[0, -1]], [0, 9], atol=1e-3)
+    # 'round' (Table 4): every trained index, each used twice, s(x, floor(i / 2)).
+    config.sweep.label_map = "round"
+    cell = sweep_grid.table1_cell(
+        sweep_grid.Run("VE", config, "/tmp/unused"), "reverse_diffusion", "P20"
+    )
+    assert cell.label_map == "round"
     labels = np.stack(_run_cell(config, cell)[1])[:, 0]
     assert sorted(np.unique(labels)) == list(range(10))
     assert np.all(np.bincount(labels) == 2)
@@ -320,7 +335,7 @@ def _tiny_config(data_path, extractor_path):
     return _with_sweep(
         config,
         rows=("reverse_diffusion",),  # more rows: test_shards_share_outputs (cheap stand-in)
-        columns=("P25", "C25", "PC25"),
+        columns=("P25", "C50", "PC25"),
         # Real NFE 10 and 20 (Euler-Maruyama: 1 per step); ODE cells are in the slow test.
         samplers=("pc:predictor=euler_maruyama:corrector=none",),
         nfe=(10, 20),
@@ -398,8 +413,8 @@ def test_sweep_resumes_and_writes_outputs(sweep_data, tmp_path, monkeypatch):
 
 
 def _check_outputs(out, records, config):
-    # Real NFE: P25 -> 25, C25 -> 2 x 25 (two Langevin steps), PC25 -> 25 + 25.
-    expected = {"VP__reverse_diffusion__P25": 25, "VP__corrector__C25": 50,
+    # Real NFE: P25 -> 25, C50 -> 25 levels x 2 Langevin steps, PC25 -> 25 + 25.
+    expected = {"VP__reverse_diffusion__P25": 25, "VP__corrector__C50": 50,
                 "VP__reverse_diffusion__PC25": 50}  # fmt: skip
     assert {k: records[k]["nfe"] for k in expected} == expected
     em = "VP__pc-predictor-euler_maruyama-corrector-none__nfe"
@@ -414,14 +429,19 @@ def _check_outputs(out, records, config):
     assert len({r["metrics"]["fd_cnn"] for r in records.values()}) == 5
     csv_lines = (out / "results.csv").read_text().splitlines()
     assert csv_lines[0].startswith("cell_id,run,sde,group,sampler,method,predictor,corrector")
-    assert "fd_cnn,kid_cnn,wall_s" in csv_lines[0] and len(csv_lines) == 6
+    assert "fd_cnn,kid_cnn,n_repeats,wall_s" in csv_lines[0] and len(csv_lines) == 6
     table = (out / "table1.md").read_text().splitlines()
     assert "Metric: fd_cnn" in table[0]
-    assert table[2:4] == ["| predictor | VP P25 | VP C25 | VP PC25 |", "|---|---|---|---|"]
+    assert table[2:4] == ["| predictor | VP P25 | VP C50 | VP PC25 |", "|---|---|---|---|"]
     fd = {k: f"{r['metrics']['fd_cnn']:.4g}" for k, r in records.items()}
     assert table[4] == (f"| reverse diffusion | {fd['VP__reverse_diffusion__P25']} | "
-                        f"{fd['VP__corrector__C25']} | {fd['VP__reverse_diffusion__PC25']} |")  # fmt: skip
-    assert len(table) == 5
+                        f"{fd['VP__corrector__C50']} | {fd['VP__reverse_diffusion__PC25']} |")  # fmt: skip
+    assert table[5] == "" and table[6].startswith("P<N>: predictor only")
+    # The paper's Table 5 snr: VP C2000 0.27 (any C column), VP PC1000 reverse diffusion 0.01.
+    assert table[-1] == ("snr of VP (source: paper = Table 5, sweep.snr = 'paper'): C50 0.27 "
+                         "(paper); PC25 reverse diffusion 0.01 (paper).")  # fmt: skip
+    assert records["VP__corrector__C50"]["snr"] == 0.27
+    assert records["VP__reverse_diffusion__P25"]["snr"] is None  # no corrector
     nfe_table = (out / "nfe_table.md").read_text()
     sampler = "pc:predictor=euler_maruyama:corrector=none"
     assert f"| VP | {sampler} | {fd[em + '10']} | {fd[em + '20']} |" in nfe_table
@@ -454,11 +474,11 @@ def test_sweep_with_the_tiny_unet(sweep_data, tmp_path):
 def test_sampler_budgets_override_the_global_nfe_list():
     config = ddpmpp_tiny.get_config()
     with config.unlocked():
-        config.sweep = sweep_grid.default_sweep_config()
+        config.sweep = sweep_spec.default_sweep_config()
     config.sweep.rows, config.sweep.columns = (), ()
     config.sweep.nfe = (10, 20)
     config.sweep.samplers = ("ddim@30/40", "heun")
-    spec = sweep_grid.get_sweep_spec(config)
+    spec = sweep_spec.get_sweep_spec(config)
     cells = sweep_grid.enumerate_cells(spec, {"VP": sweep_grid.Run("VP", config, "/tmp/unused")})
     assert [(c.row, c.column) for c in cells] == [
         ("ddim", "nfe30"), ("ddim", "nfe40"), ("heun", "nfe10"), ("heun", "nfe20"),
@@ -468,7 +488,7 @@ def test_sampler_budgets_override_the_global_nfe_list():
     for bad in ("ddim@", "ddim@0", "ddim@ten"):
         config.sweep.samplers = (bad,)
         with pytest.raises(ValueError, match="NFE budgets"):
-            sweep_grid.get_sweep_spec(config)
+            sweep_spec.get_sweep_spec(config)
 
 
 def test_two_stage_predictor_cells_fit_the_nfe_budget():
