@@ -41,7 +41,6 @@ from experiments.sweep_grid import Cell, Run, enumerate_cells, get_runs, shard_c
 from experiments.sweep_spec import (
     METRICS,
     SweepSpec,
-    default_sweep_config,
     get_sweep_spec,
     parse_shard,
 )
@@ -208,7 +207,7 @@ def run_sweep(config, workdir: str, shard: str = "0/1") -> list[dict]:
     cells = enumerate_cells(spec, runs)
     if not cells:
         raise ValueError(
-            "The sweep has no cells: every column / sampler was skipped (the warnings above say "
+            "Every cell of the sweep was skipped, so it has no cells (the warnings above say "
             "why; VP and sub-VP PC steps need N > model.beta_max): config.sweep columns "
             f"{list(spec.columns)}, samplers {list(spec.samplers)}, nfe {list(spec.nfe)}. Set "
             "config.sweep.columns / samplers, or give more steps."
@@ -256,37 +255,3 @@ def _log_finished(path: str, cell: Cell) -> None:
 # --------------------------------------------------------------------------------------------
 # Command line (flags are defined only when run as a script, so main.py can import this).
 # --------------------------------------------------------------------------------------------
-
-
-def with_cli_overrides(config, flag_sweep) -> ml_collections.ConfigDict:
-    """`config` with `config.sweep` updated by the `--sweep.*` fields that differ from the
-    defaults (so a sweep written in the config file can be adjusted from the command line)."""
-    defaults = default_sweep_config().to_dict()
-    overrides = {k: v for k, v in flag_sweep.to_dict().items() if v != defaults[k]}
-    config = ml_collections.ConfigDict(config.to_dict())
-    values = config.sweep.to_dict() if "sweep" in config else {}
-    config.sweep = ml_collections.ConfigDict(values | overrides)
-    return config
-
-
-def cli() -> None:
-    """`python sweep.py --config CFG --workdir W [--shard i/n] [--sweep.<field>=...]`."""
-    from absl import app, flags  # flags are defined only when this command runs
-    from ml_collections import config_flags
-
-    config_flags.DEFINE_config_file("config", None, "Run configuration.", lock_config=True)
-    config_flags.DEFINE_config_dict(
-        "sweep", default_sweep_config(), "Sweep grid, e.g. --sweep.columns=\"('P10','PC10')\"."
-    )
-    flags.DEFINE_string("workdir", None, "Work directory with checkpoints/; results in sweep/.")
-    flags.DEFINE_string("shard", "0/1", "Run the cells with index % n == i ('i/n').")
-    flags.mark_flags_as_required(["config", "workdir"])
-
-    def main(argv):
-        del argv
-        utils.hide_gpus_from_tf()
-        utils.quiet_library_logs()
-        fl = flags.FLAGS
-        run_sweep(with_cli_overrides(fl.config, fl.sweep), fl.workdir, fl.shard)
-
-    app.run(main)

@@ -156,6 +156,23 @@ def test_bad_input_is_one_line_in_seconds(files, mode, workdir, extra, words):
         assert not os.path.exists(path)
 
 
+def test_sweep_command_is_main_with_sweep_flags(files):
+    import sweep
+
+    argv = ["sweep.py", "--config=c.py", "--sweep.columns=('P10',)", "-sweep.repeats", "3"]
+    assert sweep.main_argv(argv) == [
+        "sweep.py", "--mode=sweep", "--config=c.py", "--config.sweep.columns=('P10',)",
+        "--config.sweep.repeats", "3",
+    ]  # fmt: skip
+    # A mistake is one line, as for main.py.
+    cmd = [sys.executable, os.path.join(ROOT, "sweep.py"), "--config", TINY,
+           f"--workdir={files / 'has_ckpt'}", "--sweep.colums=('P10',)"]  # fmt: skip
+    done = subprocess.run(cmd, capture_output=True, text=True, env=_env(), timeout=120)
+    lines = [line for line in done.stderr.splitlines() if line.strip()]
+    assert done.returncode != 0 and 1 <= len(lines) <= 3, done.stderr
+    assert "sweep." in done.stderr, done.stderr
+
+
 def test_verbose_prints_the_traceback(files):
     cmd = _main(files / "w", "train", "--config.training.n_iters=0", "--verbose",
                 data=f"{files}/data.npz")  # fmt: skip
