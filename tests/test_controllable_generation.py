@@ -20,20 +20,18 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 import pytest
+import workdir_helpers
 from PIL import Image
 
 import controllable_generation as cg
-import losses
 import sampling
 import sde_lib
 import utils
-from configs.testing import ddpmpp_tiny
 from experiments import classifier as cl_train
 from experiments import controllable as cl
-from models import utils as mutils
 from models import wideresnet_noise_conditional as wrn
 from sde_lib import batch_bcast
-from training import checkpoints, devices, score_model, steps
+from training import devices, steps
 from training.state import TrainState
 
 # --------------------------------------------------------------------------------------------
@@ -453,25 +451,7 @@ def test_classifier_training_step_reduces_loss(tiny_wrn_params):
 
 
 def _tiny_workdir(tmp_path):
-    """A random-init DDPM++ checkpoint (checkpoints.save_checkpoint) on 8x8 images + a folder."""
-    config = ddpmpp_tiny.get_config()
-    config.data.image_size = 8
-    config.model.ch_mult = (1,)
-    config.model.attn_resolutions = (8,)
-    model = mutils.get_model(config)
-    tx = losses.get_optimizer(config)
-    state = jax.jit(lambda k: score_model.create_train_state(config, model, tx, k))(
-        jax.random.key(0)
-    )
-    manager = checkpoints.checkpoint_manager(str(tmp_path / "w"), config.training.snapshot_freq)
-    checkpoints.save_checkpoint(manager, state)
-    manager.close()
-    folder = tmp_path / "images"
-    folder.mkdir()
-    rng = np.random.default_rng(0)
-    for i in range(2):
-        Image.fromarray(rng.integers(0, 256, (8, 8, 3), dtype=np.uint8)).save(folder / f"{i}.png")
-    return config, str(tmp_path / "w"), str(folder)
+    return workdir_helpers.tiny_workdir(tmp_path, attn_resolutions=(8,), num_images=2)
 
 
 def test_cli_inpaint_end_to_end(tmp_path):

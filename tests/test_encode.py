@@ -14,13 +14,10 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
+import workdir_helpers
 from PIL import Image
 
-import losses
-from configs.testing import ddpmpp_tiny
 from experiments import encode
-from models import utils as mutils
-from training import checkpoints, score_model
 
 
 @pytest.mark.parametrize("name", ["vpsde", "vesde"])
@@ -63,24 +60,7 @@ def _tiny_workdir(tmp_path):
     flow is not numerically invertible (measured: round-trip error 2.5 with init_scale = 0.01);
     the nonlinear case is the exact Gaussian score above.
     """
-    config = ddpmpp_tiny.get_config()
-    config.data.image_size = 8
-    config.model.ch_mult = (1,)
-    config.model.attn_resolutions = ()
-    model = mutils.get_model(config)
-    tx = losses.get_optimizer(config)
-    state = jax.jit(lambda k: score_model.create_train_state(config, model, tx, k))(
-        jax.random.key(0)
-    )
-    manager = checkpoints.checkpoint_manager(str(tmp_path / "w"), config.training.snapshot_freq)
-    checkpoints.save_checkpoint(manager, state)
-    manager.close()
-    folder = tmp_path / "images"
-    folder.mkdir()
-    rng = np.random.default_rng(0)
-    for i in range(3):
-        Image.fromarray(rng.integers(0, 256, (8, 8, 3), dtype=np.uint8)).save(folder / f"{i}.png")
-    return config, str(tmp_path / "w"), str(folder)
+    return workdir_helpers.tiny_workdir(tmp_path, attn_resolutions=(), num_images=3)
 
 
 def test_command_writes_round_trip_and_interpolation_strips(tmp_path):
