@@ -11,10 +11,9 @@ from configs.testing import ddpmpp_tiny, ncsnpp_tiny
 from models import utils as mutils
 from training import score_model, steps
 
-# bfloat16 keeps 8 significant bits (relative rounding 2^-9 = 0.2 %); after ~10 layers of
-# convolutions and normalisations the network output differs from float32 by about 1 %
-# relative, and the DSM loss (a mean of squared errors of that output) by about as much:
-# measured 0.1-0.3 % on these tiny models. 2 % leaves room for other seeds and models.
+# bfloat16 keeps 8 significant bits (relative rounding 2^-9 = 0.2 %). The DSM loss is a mean of
+# squared errors over many pixels, so the roundings mostly average out: measured 7e-5 relative
+# on the tiny DDPM++ below (with a non-zero output layer). 2 % leaves room for other models.
 BF16_LOSS_RTOL = 2e-2
 
 
@@ -26,6 +25,9 @@ def _config(module, dtype):
     config.optim.warmup = 0  # every step moves the params
     config.training.n_jitted_steps = 1
     config.training.compute_dtype = dtype
+    # The paper's configs zero the output layer at init (init_scale 0): the first loss would
+    # not see the network at all. A non-zero output layer makes the loss depend on it.
+    config.model.init_scale = 1.0
     return config
 
 
@@ -54,7 +56,7 @@ def test_bf16_train_step_loss_close_to_fp32_and_state_stays_fp32(module):
     loss_fn, state, bf16_state, bf16, images = _one_step(module, "bfloat16")
     relative = float(np.max(np.abs(bf16["loss"] / fp32["loss"] - 1)))
     print(f"{module.__name__}: fp32 loss {fp32['loss']}, bf16 {bf16['loss']}, rel. {relative:.2e}")
-    np.testing.assert_allclose(bf16["loss"], fp32["loss"], rtol=BF16_LOSS_RTOL)
+    assert 0 < relative < BF16_LOSS_RTOL  # bf16 really changes the arithmetic, by < 2 %
     assert bool(np.all(bf16["finite"]))
     for tree in (bf16_state.params, bf16_state.ema_params, bf16_state.opt_state):
         dtypes = {a.dtype for a in jax.tree.leaves(tree) if jnp.issubdtype(a.dtype, jnp.floating)}
