@@ -4,7 +4,7 @@ Trains nothing: run the two trainings and the feature extractor first (README, "
 Fashion-MNIST"). Then
 
     python bench/table1_fashion_mnist.py --ve_workdir runs/t1_ve --vp_workdir runs/t1_vp \
-        --extractor runs/extractor [--columns P100,P200,C200,PC100 --repeats 3]
+        --extractor runs/extractor [--columns P50,P100,C100,PC50 --repeats 3]
 
 1. checks that the models' probability flow stays in range: the fraction of pixels outside
    [0, 1] (and far outside, [-0.5, 1.5]) of `--flow_samples` samples of the probability-flow
@@ -122,9 +122,9 @@ def main():
     parser.add_argument("--ve_workdir", default="runs/t1_ve")
     parser.add_argument("--vp_workdir", default="runs/t1_vp")
     parser.add_argument("--extractor", default="runs/extractor")
-    parser.add_argument("--columns", default="P100,P200,C200,PC100")
+    parser.add_argument("--columns", default="P50,P100,C100,PC50")
     parser.add_argument("--repeats", type=int, default=3)
-    parser.add_argument("--num_samples", type=int, default=256)
+    parser.add_argument("--num_samples", type=int, default=128)
     parser.add_argument("--batch_size", type=int, default=128)
     parser.add_argument("--ckpt", type=int, default=-1)
     parser.add_argument("--flow_samples", type=int, default=64)

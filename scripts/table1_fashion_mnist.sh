@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Table 1 of the paper, its procedure at CPU scale on Fashion-MNIST (README "Table 1 on
 # Fashion-MNIST"): the demo's feature extractor, a VE (SMLD) and a VP (DDPM) model with the
-# discrete objectives at N = 1000, then the sweep (P100 P200 C200 PC100, Table 5 snr, 3 repeats).
+# discrete objectives at N = 1000, then the sweep (P50 P100 C100 PC50 = the paper's columns / 20, Table 5 snr, 3 repeats).
 # Every step resumes where it stopped. Hours on 2 shared CPU cores.
 set -euo pipefail
 cd "$(dirname "$0")/.."

@@ -364,7 +364,7 @@ EMA_EXCEPTIONS = {
     "demo/fashion_mnist_ddpmpp": 0.995,
     "tutorial/fashion_mnist_sigma25": 0.995,
     "tutorial/fashion_mnist_sigma50": 0.995,
-    # Project Table 1 demos (3000 CPU steps): the make-demo rate.
+    # Project Table 1 demos (5000 CPU steps): the make-demo rate.
     "demo/fashion_mnist_ddpm_table1": 0.995,
     "demo/fashion_mnist_smld_table1": 0.995,
 }

@@ -10,7 +10,7 @@ parameters and the samplers, and shrink data, network and schedule to a CPU budg
   (integer-step) embedding of the discrete DDPM++ configs (`vp/cifar10_ddpmpp.py`). The DDPM
   network's GroupNorms have 32 groups, so nf >= 32: its smallest useful version (1.1M
   parameters) measured 3.5 s per step at batch 32 on the shared 2 cores, 4x the DDPM++;
-* 3000 steps of batch 32, lr 1e-3 after 100 warm-up steps, EMA 0.995 for both SDEs (the
+* 5000 steps of batch 32, lr 1e-3 after 100 warm-up steps, EMA 0.995 for both SDEs (the
   demo's). The EMA starts at the initial weights, as in the paper's code, so its rate must fit
   the run: at the paper's VE rate 0.999 the EMA still held 0.999^1000 = 37 % of the random
   initial weights at step 1000, and samples of both models left [0, 1] (98 % of the pixels, for
