@@ -14,9 +14,13 @@ References:
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 import flax.linen as nn
 import jax
 from jax import numpy as jnp
+
+from models import conv
 
 # DCGAN paper, Sec. 4: "All weights were initialized from a zero-centered Normal distribution
 # with standard deviation 0.02."
@@ -40,6 +44,27 @@ def num_upsamplings(image_size: int) -> tuple[int, int]:
             f"got {image_size}."
         )
     return base, n
+
+
+class ConvTranspose(nn.Module):
+    """`nn.ConvTranspose` ('SAME' / 'VALID', untransposed kernel) with the loop-safe gradients of
+    models/conv.py: the same name, params (`kernel` HWIO, `bias`) and numbers."""
+
+    features: int
+    kernel_size: tuple[int, int]
+    strides: tuple[int, int] = (1, 1)
+    padding: str = "SAME"
+    kernel_init: Callable = nn.initializers.lecun_normal()
+
+    @nn.compact
+    def __call__(self, x: jax.Array) -> jax.Array:
+        shape = (*self.kernel_size, x.shape[-1], self.features)
+        kernel = self.param("kernel", self.kernel_init, shape)
+        bias = self.param("bias", nn.initializers.zeros, (self.features,))
+        pads = [conv.conv_transpose_padding(k, s, self.padding)
+                for k, s in zip(self.kernel_size, self.strides)]  # fmt: skip
+        y = conv.conv_general_dilated(x, kernel, (1, 1), pads, self.strides, None, conv.NHWC)
+        return y + bias
 
 
 def _batch_norm(train: bool) -> nn.BatchNorm:
@@ -73,7 +98,7 @@ class Generator(nn.Module):
         for i in range(n):
             last = i == n - 1
             out = self.num_channels if last else self.ngf * 2 ** (n - 2 - i)
-            h = nn.ConvTranspose(out, (4, 4), strides=(2, 2), padding="SAME", kernel_init=_INIT)(h)
+            h = ConvTranspose(out, (4, 4), strides=(2, 2), padding="SAME", kernel_init=_INIT)(h)
             # No batch norm on the generator output layer (paper Sec. 3).
             h = jnp.tanh(h) if last else nn.relu(_batch_norm(train)(h))
         assert h.shape == (z.shape[0], self.image_size, self.image_size, self.num_channels)
@@ -98,9 +123,8 @@ class Discriminator(nn.Module):
         base, n = num_upsamplings(self.image_size)
         h = x
         for i in range(n):
-            h = nn.Conv(self.ndf * 2**i, (4, 4), strides=(2, 2), padding="SAME", kernel_init=_INIT)(
-                h
-            )
+            h = nn.Conv(self.ndf * 2**i, (4, 4), strides=(2, 2), padding="SAME", kernel_init=_INIT,
+                        conv_general_dilated=conv.conv_general_dilated)(h)  # fmt: skip
             # No batch norm on the discriminator input layer (paper Sec. 3).
             h = h if i == 0 else _batch_norm(train)(h)
             h = nn.leaky_relu(h, LEAKY_SLOPE)

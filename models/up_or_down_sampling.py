@@ -22,7 +22,9 @@ import numpy as np
 from jax import Array
 from jax import numpy as jnp
 
-_NHWC = ("NHWC", "HWIO", "NHWC")
+from models import conv
+
+_NHWC = conv.NHWC
 
 
 class Conv2d(nn.Module):
@@ -58,7 +60,7 @@ class Conv2d(nn.Module):
         elif self.down:
             x = conv_downsample_2d(x, w, k=self.resample_kernel)
         else:
-            x = jax.lax.conv_general_dilated(x, w, (1, 1), "SAME", dimension_numbers=_NHWC)
+            x = conv.conv_general_dilated(x, w, (1, 1), "SAME", dimension_numbers=_NHWC)
         if self.use_bias:
             b = self.param("bias", jax.nn.initializers.zeros, (x.shape[-1],))
             x = x + b.reshape((1, 1, 1, -1))
@@ -141,7 +143,7 @@ def upfirdn_2d(
     # Steps 3-4: depthwise VALID correlation with the flipped filter (= convolution with `k`);
     # the stride keeps every `down`-th output.
     w = jnp.asarray(np.tile(k[::-1, ::-1, None, None], (1, 1, 1, C)), dtype=x.dtype)
-    return jax.lax.conv_general_dilated(
+    return conv.conv_general_dilated(
         x,
         w,
         window_strides=(downy, downx),
@@ -209,7 +211,7 @@ def upsample_conv_2d(
     # Transposed conv = correlation of the zero-dilated input with `w`, 'full' padding
     # (output (H - 1) * factor + conv_size): what the original's `conv_transpose(flipped w,
     # transpose_kernel=True)` computes.
-    x = jax.lax.conv_general_dilated(
+    x = conv.conv_general_dilated(
         x,
         w,
         window_strides=(1, 1),
@@ -244,6 +246,6 @@ def conv_downsample_2d(
     k = _setup_kernel([1] * factor if k is None else k) * gain
     p = (k.shape[0] - factor) + (conv_size - 1)
     x = _simple_upfirdn_2d(x, k, pad0=(p + 1) // 2, pad1=p // 2)
-    return jax.lax.conv_general_dilated(
+    return conv.conv_general_dilated(
         x, w, window_strides=(factor, factor), padding="VALID", dimension_numbers=_NHWC
     )
