@@ -43,6 +43,7 @@ def main(argv):
         )
     import utils
 
+    utils.setup_jax_runtime()  # persistent compilation cache ($SCORE_SDE_COMPILATION_CACHE)
     utils.quiet_library_logs()
     utils.hide_gpus_from_tf()  # TensorFlow is only the data / Inception runtime
     import run_lib

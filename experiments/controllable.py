@@ -276,6 +276,7 @@ MODES = ["train_classifier", "conditional", "inpaint", "colorize"]
 
 def main(argv):
     del argv
+    utils.setup_jax_runtime()
     f = flags.FLAGS
     labels = [int(v) for v in f.labels.split(",") if v.strip()] if f.labels else None
     path = run(

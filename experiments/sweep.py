@@ -269,6 +269,7 @@ def cli() -> None:
 
     def main(argv):
         del argv
+        utils.setup_jax_runtime()
         utils.hide_gpus_from_tf()
         utils.quiet_library_logs()
         fl = flags.FLAGS

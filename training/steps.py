@@ -1,9 +1,11 @@
 """The jitted train and eval steps of EMA-tracked networks (score models, classifiers).
 
-`make_train_step` fuses `n` optimizer steps per call (the original `n_jitted_steps`): a
-`lax.scan` on accelerators, unrolled on CPU, where XLA:CPU runs convolution gradients inside
-loop bodies ~30x slower (measured: 65 s vs 2 s per DDPM++ step). `utils.device_loops` picks the
-branch, and `$SCORE_SDE_LOOPS=device` makes CPU take the scan (tests check both agree).
+`make_train_step` fuses `n` optimizer steps per call (the original `n_jitted_steps`) in a
+`lax.scan`, on every backend: the networks' convolutions (models/conv.py) have canonical-layout
+gradients, which XLA:CPU runs inside a loop body as fast as at the top level (with lax's own
+gradients it fell back to naive loops, 65 s vs 2 s per DDPM++ step, jax-ml/jax#12868, and the
+steps had to be unrolled on CPU, compiling n times as long). `$SCORE_SDE_LOOPS=host` (see
+`utils.device_loops`) still unrolls them (tests check both agree).
 """
 
 from __future__ import annotations
