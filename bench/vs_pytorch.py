@@ -84,6 +84,7 @@ class JaxWorker:
         from training import state as train_state
 
         self.jax, self.jnp, self.sampling, self.mutils = jax, jnp, sampling, mutils
+        self.utils = utils
         self.steps, self.score_model, self.losses, self.devices = (
             steps,
             score_model,
@@ -97,11 +98,17 @@ class JaxWorker:
         self.config = importlib.import_module(module).get_config()
         self.model = mutils.get_model(self.config)
         self.sde, self.eps = score_model.sde_from_config(self.config)
-        self.params = jax.jit(lambda k: score_model.init_params(self.config, self.model, k))(
-            jax.random.key(0)
-        )
+        self.params = None  # made by the first case that needs them (train8: the train state)
         self.pc_steps, self.ode_batch = pc_steps, ode_batch
         self.cases = {}
+
+    def _params(self):
+        if self._train_box is not None:
+            return self._train_box[0].params
+        if self.params is None:
+            init = self.jax.jit(lambda k: self.score_model.init_params(self.config, self.model, k))
+            self.params = init(self.jax.random.key(0))
+        return self.params
 
     def _labels(self, b):
         t = self.jnp.full((b,), 0.5)
@@ -116,8 +123,7 @@ class JaxWorker:
         apply = jax.jit(lambda p, x, y: self.model.apply({"params": p}, x, y, train=False))
 
         def run():
-            params = self.params if self.params is not None else self._train_box[0].params
-            jax.block_until_ready(apply(params, x, labels))
+            jax.block_until_ready(apply(self._params(), x, labels))
 
         return run
 
@@ -130,8 +136,11 @@ class JaxWorker:
         bs = self.devices.batch_sharding(mesh, steps_axis=True)
         loss_fn = self.score_model.score_loss_fn(c, self.sde, self.model, train=True)
         step = self.steps.make_train_step(loss_fn, tx, c.model.ema_rate, jax.random.key(0), ss, bs)
-        state = jax.device_put(self.train_state.new_train_state(self.params, tx), ss)
-        self.params = None  # the train state owns (and donates) them now
+        # As run_lib.train: the jitted init of the whole state, then the state on its sharding.
+        init = jax.jit(lambda k: self.score_model.create_train_state(c, self.model, tx, k))
+        state = jax.device_put(init(jax.random.key(0)), ss)
+        if hasattr(self.utils, "release_host_memory"):  # as run_lib.train does after its init
+            self.utils.release_host_memory()
         x = jax.device_put(jax.random.uniform(jax.random.key(2), (1, b, 32, 32, 3)), bs)
         box = [state]
 
@@ -146,7 +155,7 @@ class JaxWorker:
         jax, c = self.jax, self.config
         sde = type(self.sde)(*_sde_args(c), self.pc_steps)
         score_fn = self.mutils.get_score_fn(
-            sde, self.model, self.params, train=False, continuous=c.training.continuous
+            sde, self.model, self._params(), train=False, continuous=c.training.continuous
         )
         s = c.sampling
         sampler = self.sampling.get_pc_sampler(
@@ -165,7 +174,7 @@ class JaxWorker:
     def _ode(self):
         jax, c = self.jax, self.config
         score_fn = self.mutils.get_score_fn(
-            self.sde, self.model, self.params, train=False, continuous=True
+            self.sde, self.model, self._params(), train=False, continuous=True
         )
         sampler = self.sampling.get_ode_sampler(
             self.sde, score_fn, (self.ode_batch, 32, 32, 3), rtol=1e-5, atol=1e-5,

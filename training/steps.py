@@ -85,7 +85,36 @@ def make_train_step(
         shardings = dict(
             in_shardings=(state_sharding, batch_sharding), out_shardings=(state_sharding, None)
         )
-    return jax.jit(train_step, donate_argnums=0, **shardings)
+    return CompiledOnFirstCall(jax.jit(train_step, donate_argnums=0, **shardings))
+
+
+class CompiledOnFirstCall:
+    """A jitted function that compiles ahead of time at its first call and returns the
+    compiler's freed host memory to the OS (`utils.release_host_memory`) before it first runs,
+    so that the step's buffers do not come on top of the compiler's heap (peak RSS of the full
+    DDPM++ train step at batch 8: ~1 GB less on CPU).
+
+    Later calls run the compiled executable; calls it does not fit (other shapes, shardings)
+    and traced calls (`jax.make_jaxpr`) go through the jitted function, as does `lower`.
+    """
+
+    def __init__(self, jitted):
+        self.jitted = jitted
+        self._compiled = None
+
+    def lower(self, *args, **kwargs):
+        return self.jitted.lower(*args, **kwargs)
+
+    def __call__(self, *args):
+        if self._compiled is None:
+            if any(isinstance(x, jax.core.Tracer) for x in jax.tree.leaves(args)):
+                return self.jitted(*args)
+            self._compiled = self.jitted.lower(*args).compile()
+            utils.release_host_memory()
+        try:
+            return self._compiled(*args)
+        except (TypeError, ValueError):  # not the first call's signature: jit compiles anew
+            return self.jitted(*args)
 
 
 def make_eval_step(loss_fn: Callable, base_key, state_sharding=None, batch_sharding=None):
