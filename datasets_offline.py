@@ -12,6 +12,9 @@ A file that is there but unusable (truncated, corrupt, the wrong format, images 
 to black) raises one `ValueError` that names the file and the fix; a missing one raises
 `DatasetNotFoundError`. This module needs no TensorFlow: `datasets.py` passes in the resize op
 and builds the tf.data sources on top; nothing here imports `datasets`.
+
+`config.data.path` may be local or a URL (gs://bucket/data.npz): paths are `etils.epath` paths
+from `fileio.path`, and archives are read into memory when they are not on a local disk.
 """
 
 import dataclasses
@@ -20,7 +23,6 @@ import gzip
 import io
 import math
 import os
-import pathlib
 import pickle
 import re
 import tarfile
@@ -30,6 +32,9 @@ import zlib
 
 import numpy as np
 from absl import logging
+from etils import epath
+
+import fileio
 
 # Appended to every "not found" message: how to train from local files instead.
 OFFLINE_HINT = (
@@ -80,12 +85,12 @@ def _parse_idx(data: bytes, source: str) -> np.ndarray:
     return np.frombuffer(data, np.uint8, offset=header).reshape(shape)
 
 
-def _read_idx(file: pathlib.Path) -> np.ndarray:
+def _read_idx(file: epath.Path) -> np.ndarray:
     """Reads one idx file, gzip-compressed when its name ends in .gz."""
     if file.suffix != ".gz":
         return _parse_idx(file.read_bytes(), str(file))
     try:
-        with gzip.open(file, "rb") as f:
+        with gzip.open(io.BytesIO(file.read_bytes()), "rb") as f:
             data = f.read()
     except (EOFError, gzip.BadGzipFile, zlib.error) as error:
         # gzip's own messages ("Compressed file ended before the end-of-stream marker was
@@ -94,7 +99,7 @@ def _read_idx(file: pathlib.Path) -> np.ndarray:
     return _parse_idx(data, str(file))
 
 
-def _load_idx(path: pathlib.Path, num_channels: int) -> dict:
+def _load_idx(path: epath.Path, num_channels: int) -> dict:
     """MNIST-style idx files (`train-images-idx3-ubyte[.gz]`, `t10k-...`) in folder `path`."""
     del num_channels
     splits = {}
@@ -134,12 +139,19 @@ class _ArrayUnpickler(pickle.Unpickler):
         return super().find_class(module, name)
 
 
-def _read_members(location: pathlib.Path, names: list[str]) -> dict[str, bytes]:
+def _open_tar(path: epath.Path) -> tarfile.TarFile:
+    """A tar archive (any compression), streamed from a local disk, read whole from a URL."""
+    if fileio.is_remote(path):
+        return tarfile.open(fileobj=io.BytesIO(path.read_bytes()), mode="r:*")
+    return tarfile.open(os.fspath(path), "r:*")
+
+
+def _read_members(location: epath.Path, names: list[str]) -> dict[str, bytes]:
     """Reads files by base name from a folder or from a tar archive (any compression)."""
     if location.is_dir():
         return {n: (location / n).read_bytes() for n in names if (location / n).is_file()}
     out = {}
-    with tarfile.open(location, "r:*") as tar:
+    with _open_tar(location) as tar:
         for member in tar:
             base = os.path.basename(member.name)
             if member.isfile() and base in names and base not in out:
@@ -147,7 +159,7 @@ def _read_members(location: pathlib.Path, names: list[str]) -> dict[str, bytes]:
     return out
 
 
-def _load_cifar_archive(path: pathlib.Path, num_channels: int) -> dict:
+def _load_cifar_archive(path: epath.Path, num_channels: int) -> dict:
     """CIFAR-10 python (pickle) or binary version, as the .tar.gz or the extracted folder."""
     del num_channels
     candidates = [path] if path.is_file() or (path / "test_batch").exists() else []
@@ -196,7 +208,7 @@ def _load_cifar_archive(path: pathlib.Path, num_channels: int) -> dict:
     }
 
 
-def _iter_image_files(path: pathlib.Path):
+def _iter_image_files(path: epath.Path):
     """Yields (split, class, file name, bytes) of `<split>/<class>/<file>` in a folder or tar."""
 
     def is_image(name):
@@ -208,14 +220,14 @@ def _iter_image_files(path: pathlib.Path):
                 yield file.parts[-3], file.parts[-2], file.name, file.read_bytes()
         return
     # Streamed from the archive: nothing is extracted to disk (the archive may be read-only).
-    with tarfile.open(path, "r:*") as tar:
+    with _open_tar(path) as tar:
         for member in tar:
             parts = member.name.split("/")
             if member.isfile() and len(parts) >= 3 and is_image(parts[-1]):
                 yield parts[-3], parts[-2], parts[-1], tar.extractfile(member).read()
 
 
-def _load_image_folder(path: pathlib.Path, num_channels: int) -> dict:
+def _load_image_folder(path: epath.Path, num_channels: int) -> dict:
     """`<path>/<split>/<class>/*.png|jpg` (or a tar of that tree); label = sorted class index."""
     from PIL import Image
 
@@ -245,7 +257,7 @@ def _load_image_folder(path: pathlib.Path, num_channels: int) -> dict:
     return splits
 
 
-def _npz_images(x, key: str, path: pathlib.Path) -> np.ndarray:
+def _npz_images(x, key: str, path: epath.Path) -> np.ndarray:
     """One npz image array as uint8 NHWC, refusing values that uint8 cannot hold as pixels.
 
     A plain cast would turn floats in [0, 1] into black images (all 0) and wrap other ranges
@@ -285,19 +297,20 @@ def _npz_images(x, key: str, path: pathlib.Path) -> np.ndarray:
     return x[..., None] if x.ndim == 3 else x  # NHW (grayscale) -> NHWC
 
 
-def _load_npz(path: pathlib.Path, num_channels: int) -> dict:
+def _load_npz(path: epath.Path, num_channels: int) -> dict:
     """An .npz with x_train/y_train/x_test/y_test, or one split as images/labels or x/y."""
     del num_channels
     if not path.is_file():
         raise not_found(".npz file", path, "Expected x_train/y_train/x_test/y_test arrays.")
     # np.load reads any other file as a pickle or .npy, whose errors never mention npz.
-    if not zipfile.is_zipfile(path):
+    data = io.BytesIO(path.read_bytes())
+    if not zipfile.is_zipfile(data):
         raise ValueError(
             f"{path} is not an .npz archive (np.savez), or it is truncated; write one with "
             "np.savez(path, x_train=..., y_train=..., x_test=..., y_test=...)."
         )
     try:
-        with np.load(path, allow_pickle=False) as f:
+        with np.load(data, allow_pickle=False) as f:
             arrays = dict(f)
     except (ValueError, OSError, EOFError, zipfile.BadZipFile, zlib.error) as error:
         raise ValueError(f"{path} is not a readable .npz archive (np.savez): {error}") from error
@@ -340,14 +353,14 @@ LOADERS = {
 
 
 @functools.lru_cache(maxsize=1)
-def _load_cached(source: str, path: pathlib.Path, resolved: str, mtime_ns: int, channels: int):
+def _load_cached(source: str, path: epath.Path, resolved: str, mtime: float, channels: int):
     """Runs a loader; a pure function of its arguments, so one cached result can be shared.
 
     run_lib calls get_dataset several times on one split (train, eval, reference images), and
     decoding e.g. 60k JPEGs takes a while; keeping the last result avoids repeating it. `resolved`
-    and `mtime_ns` are only cache keys: a changed file is read again.
+    and `mtime` are only cache keys: a changed file is read again.
     """
-    del resolved, mtime_ns
+    del resolved, mtime
     splits = LOADERS[source](path, channels)
     for split, (x, y) in splits.items():
         if len(x) != len(y):
@@ -378,10 +391,12 @@ def load_offline(source: str, path_str: str, num_channels: int):
             f"config.data.path is empty, but data.source={source!r} reads local files. "
             f"{OFFLINE_HINT}"
         )
-    path = pathlib.Path(path_str).expanduser()
+    path = fileio.path(path_str)
     if not path.exists():
         raise not_found(f"Data for source {source!r}", path, "The path does not exist.")
-    return _load_cached(source, path, str(path.resolve()), path.stat().st_mtime_ns, num_channels)
+    resolved = os.fspath(path) if fileio.is_remote(path) else os.path.realpath(path)
+    mtime = fileio.getmtime(resolved) if fileio.is_remote(path) else os.stat(path).st_mtime_ns
+    return _load_cached(source, path, resolved, mtime, num_channels)
 
 
 # --------------------------------------------------------------------------------------------

@@ -44,6 +44,7 @@ import numpy as np
 import scipy.linalg
 from absl import logging
 
+import fileio
 import utils
 
 with utils.filtered_native_stderr():  # TensorFlow's start-up notices (CUDA probes, oneDNN)
@@ -293,12 +294,12 @@ def load_dataset_stats(config) -> np.ndarray:
         candidates = [os.path.join(STATS_DIR, filename), str(_REPO_ROOT / STATS_DIR / filename)]
         candidates = list(dict.fromkeys(candidates))
     for path in candidates:
-        if tf.io.gfile.exists(path):
-            with tf.io.gfile.GFile(path, "rb") as f, np.load(f) as stats:
-                if INCEPTION_FINAL_POOL not in stats:
-                    raise KeyError(f"{path} has no {INCEPTION_FINAL_POOL!r} array ({stats.files}).")
-                logging.info("Loaded dataset statistics from %s", path)
-                return stats[INCEPTION_FINAL_POOL]
+        if fileio.exists(path):
+            stats = fileio.load_npz(path)
+            if INCEPTION_FINAL_POOL not in stats:
+                raise KeyError(f"{path} has no {INCEPTION_FINAL_POOL!r} array ({sorted(stats)}).")
+            logging.info("Loaded dataset statistics from %s", path)
+            return stats[INCEPTION_FINAL_POOL]
     raise FileNotFoundError(
         f"FID statistics not found; tried {', '.join(candidates)}. Create them with "
         "`python main.py --mode stats --config ... --workdir ...` or set config.eval.stats_path."

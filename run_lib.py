@@ -15,12 +15,16 @@ Workdir layout:
   tensorboard/                training_loss, eval_loss scalars
   samples/iter_<step>/        sample.png (grid) and sample.npz (uint8) at each snapshot
   <eval_folder>/              evaluate(): per-checkpoint results (see `evaluate`)
+
+The workdir may be local or on an object store (gs://): every file goes through `fileio` (and
+Orbax for checkpoints). Multi-host evaluation: process 0 writes every file and decides what is
+already done (`devices.main_value`), so all processes agree on the resume state.
 """
 
 from __future__ import annotations
 
+import contextlib
 import json
-import os
 import time
 
 import jax
@@ -29,11 +33,12 @@ from absl import logging
 
 import datasets
 import evaluation
+import fileio
 import losses
 import sampling
 import utils
 from models import utils as mutils
-from training import checkpoints, devices, loop, sample_eval, score_model, steps
+from training import checkpoints, devices, lock, loop, sample_eval, score_model, steps
 
 NONFINITE_HINT = (
     "Lower optim.lr, check the data scaling (data.centered) or set a smaller optim.grad_clip, "
@@ -43,18 +48,6 @@ NONFINITE_HINT = (
 # --------------------------------------------------------------------------------------------
 # Training.
 # --------------------------------------------------------------------------------------------
-
-
-def _schedule(config) -> loop.Schedule:
-    t = config.training
-    return loop.Schedule(
-        n_iters=t.n_iters,
-        log_freq=t.log_freq,
-        snapshot_freq=t.snapshot_freq,
-        preemption_freq=t.snapshot_freq_for_preemption,
-        eval_freq=t.eval_freq,
-        steps_per_call=t.n_jitted_steps,
-    )
 
 
 def _data_iterators(config, start_item: int):
@@ -96,14 +89,23 @@ def _snapshot_sampler(config, sde, model, eps):
 
 
 def train(config, workdir: str):
-    """Runs training (the original `run_lib.train`); resumes from the last good checkpoint."""
-    schedule = _schedule(config)
-    schedule.check()
+    """Runs training (the original `run_lib.train`); resumes from the last good checkpoint.
+
+    Holds the workdir's training lock (`training/lock.py`) throughout: a second trainer on the
+    same workdir is refused, naming this one's host and pid.
+    """
+    schedule = loop.Schedule.from_config(config.training)
     devices.check_batch_size(config.training.batch_size, "training.batch_size")
     devices.check_batch_size(config.eval.batch_size, "eval.batch_size")
     utils.quiet_library_logs()
-    workdir = os.path.abspath(workdir)
-    os.makedirs(workdir, exist_ok=True)
+    workdir = fileio.makedirs(workdir)
+    held = lock.acquire(workdir) if utils.is_main_process() else contextlib.nullcontext()
+    with held:
+        return _train(config, workdir, schedule)
+
+
+def _train(config, workdir: str, schedule: loop.Schedule):
+    """`train` once the workdir is locked."""
     utils.write_config(config, workdir)
     sde, sampling_eps = score_model.sde_from_config(config)
     model = mutils.get_model(config)
@@ -117,13 +119,19 @@ def train(config, workdir: str):
     init_key = jax.random.fold_in(base_key, -1 % 2**31)
     manager = checkpoints.checkpoint_manager(workdir, config.training.snapshot_freq)
     abstract = score_model.abstract_train_state(config, model, tx)
-    state, restored = checkpoints.restore_latest_good(manager, abstract, tx)
-    if state is None:
+
+    def init():
         state = jax.jit(lambda k: score_model.create_train_state(config, model, tx, k))(init_key)
         utils.release_host_memory()  # the init's temporaries: ~0.5 GB for the CIFAR-10 models
         logging.info("Starting from scratch (%d parameters).", utils.count_params(state.params))
-    else:
-        logging.info("Resumed from checkpoint step %d.", restored)
+        return state
+
+    try:
+        state = checkpoints.restore_or_init(manager, abstract, init, tx)
+    except checkpoints.CheckpointMismatchError:
+        manager.close()
+        raise
+    devices.barrier("train:start")  # every host restored: the first collective follows
     state = jax.device_put(state, state_sharding)
     initial_step = int(state.step)
 
@@ -158,7 +166,7 @@ def train(config, workdir: str):
         def on_snapshot(state, step):
             utils.save_sample_grid(
                 sample_fn(jax.random.fold_in(base_key, step), state.ema_params),
-                os.path.join(workdir, "samples", f"iter_{step}"),
+                fileio.join(workdir, "samples", f"iter_{step}"),
             )
 
     state = loop.run(
@@ -184,11 +192,11 @@ def train(config, workdir: str):
 # --------------------------------------------------------------------------------------------
 
 
-def _wait_for_checkpoint(manager, step: int, config) -> bool:
-    """Waits for checkpoint `step` while training can still write it (no end_ckpt hang).
+def _wait_for_checkpoint(manager, step: int, config, workdir: str) -> bool:
+    """Waits for checkpoint `step` while a trainer holds the workdir's lock.
 
-    Returns False (after a warning) when the run is over and the step will never exist: the
-    final step `n_iters` is already saved, or nothing changed for `eval.wait_timeout` seconds.
+    Returns False (after a warning) when the step will not appear: no trainer holds the lock,
+    the final step `n_iters` is already saved, or nothing changed for `eval.wait_timeout` s.
     """
     timeout = float(config.eval.get("wait_timeout", 3600.0))
     last_change = time.time()
@@ -197,24 +205,55 @@ def _wait_for_checkpoint(manager, step: int, config) -> bool:
         all_steps = checkpoints.saved_steps(manager)
         if step in all_steps:
             return True
-        if all_steps and max(all_steps) >= config.training.n_iters:
-            logging.warning("Checkpoint step %d does not exist and training is finished.", step)
+        trainer = lock.holder(workdir)
+        if trainer is None or (all_steps and max(all_steps) >= config.training.n_iters):
+            why = "no training holds the workdir" if trainer is None else "training is finished"
+            logging.warning("Checkpoint step %d does not exist and %s.", step, why)
             return False
         if all_steps != seen:
             seen, last_change = all_steps, time.time()
         if time.time() - last_change > timeout:
             logging.warning("Gave up waiting %.0fs for checkpoint step %d.", timeout, step)
             return False
-        logging.info("Waiting for checkpoint step %d in %s ...", step, manager.directory)
+        logging.info(
+            "Waiting for checkpoint step %d in %s (trainer: %s) ...",
+            step, manager.directory, lock.describe(trainer),
+        )  # fmt: skip
         time.sleep(min(60.0, max(timeout / 10, 0.1)))
+
+
+def _check_something_to_evaluate(config, workdir: str) -> None:
+    """Refuses at once a workdir without checkpoints that no trainer is writing to."""
+    ckpt_dir = checkpoints.checkpoint_dir(workdir)
+    if devices.main_value(
+        lambda: bool(checkpoints.step_dirs(workdir)) or lock.holder(workdir) is not None
+    ):
+        return
+    raise FileNotFoundError(
+        f"No checkpoint in {ckpt_dir} and no training holds {lock.lock_path(workdir)}: nothing "
+        f"to evaluate (eval.begin_ckpt..end_ckpt = {config.eval.begin_ckpt}.."
+        f"{config.eval.end_ckpt}). Check --workdir, train (--mode train) or convert a checkpoint "
+        "(python -m models.convert)."
+    )
+
+
+def _no_checkpoint_error(config, manager, skipped: list[int]) -> FileNotFoundError:
+    f, e = config.training.snapshot_freq, config.eval
+    corrupt = f"; corrupt: steps {skipped}" if skipped else ""
+    return FileNotFoundError(
+        f"No checkpoint to evaluate: eval.begin_ckpt..end_ckpt = {e.begin_ckpt}..{e.end_ckpt} "
+        f"are steps {e.begin_ckpt * f}..{e.end_ckpt * f} (k * training.snapshot_freq {f}), but "
+        f"{manager.directory} has steps {checkpoints.saved_steps(manager)}{corrupt}."
+    )
 
 
 def _eval_loss(config, eval_step, state, mesh) -> float:
     _, eval_ds, _ = datasets.get_dataset(config, evaluation=True)
     scaler = datasets.get_data_scaler(config)
     sharding = devices.batch_sharding(mesh)
+    batches = utils.progress_iter(eval_ds, "eval loss")
     values = [
-        float(eval_step(state, devices.to_global(scaler(b["image"]), sharding))) for b in eval_ds
+        float(eval_step(state, devices.to_global(scaler(b["image"]), sharding))) for b in batches
     ]
     return float(np.mean(values))
 
@@ -266,9 +305,9 @@ def evaluate(config, workdir: str, eval_folder: str = "eval") -> list[dict]:
     """
     devices.check_batch_size(config.eval.batch_size, "eval.batch_size")
     utils.quiet_library_logs()
-    workdir = os.path.abspath(workdir)
-    eval_dir = os.path.join(workdir, eval_folder)
-    os.makedirs(eval_dir, exist_ok=True)
+    workdir = fileio.absolute(workdir)
+    _check_something_to_evaluate(config, workdir)
+    eval_dir = fileio.makedirs(fileio.join(workdir, eval_folder))
     sde, sampling_eps = score_model.sde_from_config(config)
     model = mutils.get_model(config)
     tx = losses.get_optimizer(config)
@@ -281,45 +320,69 @@ def evaluate(config, workdir: str, eval_folder: str = "eval") -> list[dict]:
         state_sharding,
         devices.batch_sharding(mesh),
     )
-    manager = checkpoints.checkpoint_manager(workdir, config.training.snapshot_freq)
     writer = utils.MetricWriter(eval_dir, tensorboard=False)
-    reports = []
-    for ckpt in range(config.eval.begin_ckpt, config.eval.end_ckpt + 1):
-        step = ckpt * config.training.snapshot_freq
-        report_path = os.path.join(eval_dir, f"report_{ckpt}.json")
-        if os.path.exists(report_path):
-            with open(report_path) as f:
-                reports.append(json.load(f))
-            continue
-        if not _wait_for_checkpoint(manager, step, config):
-            break
-        restored = checkpoints.restore_checkpoint(manager, abstract, step, tx)
-        state = jax.device_put(restored, state_sharding)
-        folder = os.path.join(eval_dir, f"ckpt_{ckpt}")
-        os.makedirs(folder, exist_ok=True)
-        report = _evaluate_checkpoint(
-            config, ckpt, step, state, sde, model, sampling_eps, eval_step, folder, mesh
-        )
-        writer.write(step, **{k: v for k, v in report.items() if k not in ("ckpt", "step")})
-        if utils.is_main_process():
-            with open(report_path, "w") as f:
-                json.dump(report, f, indent=2)
-        reports.append(report)
-    _write_summary(reports, os.path.join(eval_dir, "summary.md"))
-    manager.close()
+    reports, corrupt = [], []
+    with checkpoints.checkpoint_manager(workdir, config.training.snapshot_freq) as manager:
+        for ckpt in range(config.eval.begin_ckpt, config.eval.end_ckpt + 1):
+            step = ckpt * config.training.snapshot_freq
+            report_path = fileio.join(eval_dir, f"report_{ckpt}.json")
+            done = devices.main_value(lambda p=report_path: _read_report(p))
+            if done is not None:
+                reports.append(done)
+                continue
+            # Every process polls; process 0's answer counts (hosts agree on what comes next).
+            if not devices.agree(_wait_for_checkpoint(manager, step, config, workdir)):
+                if devices.agree(step < max(checkpoints.saved_steps(manager), default=-1)):
+                    continue  # a gap (e.g. a deleted checkpoint): later ones exist
+                break
+            restored = _restore_or_report(manager, abstract, ckpt, step, tx)
+            if restored is None:
+                corrupt.append(step)
+                continue
+            state = jax.device_put(restored, state_sharding)
+            folder = fileio.makedirs(fileio.join(eval_dir, f"ckpt_{ckpt}"))
+            report = _evaluate_checkpoint(
+                config, ckpt, step, state, sde, model, sampling_eps, eval_step, folder, mesh
+            )
+            writer.write(step, **{k: v for k, v in report.items() if k not in ("ckpt", "step")})
+            writer.flush()
+            if utils.is_main_process():
+                fileio.write_text_atomic(report_path, json.dumps(report, indent=2))
+            reports.append(report)
+        writer.close()
+        if not reports:
+            raise _no_checkpoint_error(config, manager, corrupt)
+    _write_summary(reports, fileio.join(eval_dir, "summary.md"))
     return reports
+
+
+def _read_report(path: str) -> dict | None:
+    """A finished checkpoint's report, or None (process 0 reads it; see `evaluate`)."""
+    return json.loads(fileio.read_text(path)) if fileio.exists(path) else None
+
+
+def _restore_or_report(manager, abstract, ckpt: int, step: int, tx):
+    """Checkpoint `step`, or None after one error line when it is damaged (evaluation goes on
+    to the next; it never moves a checkpoint). A checkpoint of another model raises."""
+    try:
+        return checkpoints.restore_checkpoint(manager, abstract, step, tx)
+    except checkpoints.CheckpointMismatchError:
+        raise
+    except Exception as e:  # noqa: BLE001 - a damaged checkpoint: report it, go on
+        logging.error("Checkpoint %d (step %d) in %s is corrupt, skipped: %s",
+                      ckpt, step, manager.directory, checkpoints.error_line(e))  # fmt: skip
+        return None
 
 
 def _write_summary(reports: list[dict], path: str) -> None:
     if not reports or not utils.is_main_process():
         return
     keys = sorted({k for r in reports for k in r} - {"ckpt", "step"})
-    lines = ["| ckpt | step | " + " | ".join(keys) + " |", "|---" * (len(keys) + 2) + "|"]
+    lines = ["| " + " | ".join(["ckpt", "step", *keys]) + " |", "|---" * (len(keys) + 2) + "|"]
     for r in reports:
         cells = [f"{r[k]:.4g}" if isinstance(r.get(k), float) else str(r.get(k, "")) for k in keys]
-        lines.append(f"| {r['ckpt']} | {r['step']} | " + " | ".join(cells) + " |")
-    with open(path, "w") as f:
-        f.write("\n".join(lines) + "\n")
+        lines.append("| " + " | ".join([str(r["ckpt"]), str(r["step"]), *cells]) + " |")
+    fileio.write_text_atomic(path, "\n".join(lines) + "\n")
 
 
 def compute_stats(config, workdir: str) -> str:
@@ -342,7 +405,7 @@ def compute_stats(config, workdir: str) -> str:
         feats = evaluation.run_inception_distributed(
             utils.to_uint8(batch["image"]), model, inceptionv3=inceptionv3
         )
-        pools.append(feats["pool_3"])
+        pools.append(devices.allgather_host(feats["pool_3"]))  # every host's block
     path = config.eval.stats_path
     if not path:
         filename = evaluation.default_stats_filename(config)
@@ -351,9 +414,8 @@ def compute_stats(config, workdir: str) -> str:
                 f"No default statistics file name for {config.data.dataset!r}: set "
                 "--config.eval.stats_path=<file.npz>"
             )
-        path = os.path.join(evaluation.STATS_DIR, filename)  # where evaluate() looks
-    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
+        path = fileio.join(evaluation.STATS_DIR, filename)  # where evaluate() looks
     if utils.is_main_process():
-        np.savez_compressed(path, pool_3=np.concatenate(pools))
+        fileio.save_npz(path, pool_3=np.concatenate(pools))
     logging.info("Wrote %d pool_3 activations to %s", sum(len(p) for p in pools), path)
     return path

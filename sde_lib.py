@@ -1,4 +1,5 @@
-"""Forward SDEs of Song et al. 2021 (arXiv:2011.13456): VE, VP and sub-VP.
+"""Forward SDEs of Song et al. 2021 (arXiv:2011.13456): VE, VP and sub-VP, and the tutorial's
+VE SDE `dx = sigma^t dw` (`TutorialVESDE`).
 
 Pure math: every method takes arrays, nothing here knows of Flax or configs.
 
@@ -304,7 +305,70 @@ class VESDE(SDE):
         return f, jnp.sqrt(sigma**2 - adjacent_sigma**2)
 
 
-SDES = {"vesde": VESDE, "vpsde": VPSDE, "subvpsde": subVPSDE}
+@dataclasses.dataclass(frozen=True)
+class TutorialVESDE(SDE):
+    """VE SDE of the score-SDE tutorial, `dx = sigma^t dw` on t in [0, 1] (no drift).
+
+    The marginal std is `sqrt((sigma^(2t) - 1) / (2 ln sigma))` (`int_0^t sigma^(2s) ds`), so
+    p_{0t} starts at the data (std 0 at t = 0, unlike `VESDE`, which starts at sigma_min) and the
+    prior is N(0, std(1)^2 I): std(1) = 9.85 for sigma = 25, 17.9 for sigma = 50. Only the
+    continuous-time objective is defined for it (no SMLD table).
+
+    References:
+      Song et al. 2021, Eq. (9) with sigma^2(t) = (sigma^(2t) - 1) / (2 ln sigma); the
+      score_sde tutorial notebook (`Tutorial_on_score_based_generative_modeling`,
+      `marginal_prob_std` / `diffusion_coeff`).
+    """
+
+    sigma: float = 25.0
+    N: int = 1000
+
+    def __post_init__(self):
+        if not self.sigma > 1.0:
+            raise ValueError(f"TutorialVESDE needs sigma > 1 (ln sigma > 0), got {self.sigma}")
+
+    def _var(self, t: Array) -> Array:
+        """`(sigma^(2t) - 1) / (2 ln sigma)`, with expm1 so that small t keeps its digits."""
+        log_sigma = np.log(self.sigma)
+        return jnp.expm1(2.0 * t * log_sigma) / (2.0 * log_sigma)
+
+    def sde(self, x: Array, t: Array) -> tuple[Array, Array]:
+        _check_t(x, t)
+        return jnp.zeros_like(x), self.sigma**t
+
+    def marginal_prob(self, x: Array, t: Array) -> tuple[Array, Array]:
+        _check_t(x, t)
+        return x, jnp.sqrt(self._var(t))
+
+    def prior_sampling(self, key: Array, shape: tuple[int, ...]) -> Array:
+        return jax.random.normal(key, shape) * self.prior_std
+
+    def prior_logp(self, z: Array) -> Array:
+        return _gaussian_logp(z, self.prior_std)
+
+    @property
+    def prior_std(self) -> float:
+        """std(T = 1) = `sqrt((sigma^2 - 1) / (2 ln sigma))`, a Python float."""
+        return float(np.sqrt((self.sigma**2 - 1.0) / (2.0 * np.log(self.sigma))))
+
+    def discretize(self, x: Array, t: Array) -> tuple[Array, Array]:
+        """Exact forward transition over `[t - 1/N, t]` (the SMLD rule on this std):
+        `f = 0`, `G^2 = std(t)^2 - std(t - 1/N)^2 = sigma^(2t) (1 - sigma^(-2/N)) / (2 ln sigma)`,
+        with `t - 1/N` clipped at 0. `G -> g(t) sqrt(1/N)` as N grows.
+        """
+        _check_t(x, t)
+        log_sigma = np.log(self.sigma)
+        h = jnp.minimum(t, 1.0 / self.N)
+        g2 = -(self.sigma ** (2.0 * t)) * jnp.expm1(-2.0 * h * log_sigma) / (2.0 * log_sigma)
+        return jnp.zeros_like(x), jnp.sqrt(g2)
+
+
+SDES = {
+    "vesde": VESDE,
+    "vpsde": VPSDE,
+    "subvpsde": subVPSDE,
+    "tutorialvesde": TutorialVESDE,
+}
 
 
 def get_sde(name: str, **kwargs) -> SDE:

@@ -1,13 +1,24 @@
-"""Small run utilities: config dump, metric logging (JSONL + TensorBoard), sample grids."""
+"""Small run utilities: config dump, metric logging (JSONL + TensorBoard), sample grids.
+
+Every file goes through `fileio`, so a workdir may be a local folder or a gs:// URL. Object
+stores cannot append: on a remote workdir `MetricWriter` and the stdout.txt log keep their new
+lines in memory and rewrite the object every `REMOTE_FLUSH_S` seconds, at every checkpoint
+(`training.loop` calls `MetricWriter.flush`) and at exit; a killed run loses at most the lines
+since then, which a resumed run writes again (it restarts from its last checkpoint).
+"""
 
 from __future__ import annotations
 
+import atexit
 import contextlib
 import ctypes
 import ctypes.util
+import io
 import json
+import logging as std_logging
 import math
 import os
+import shutil
 import sys
 import tempfile
 import time
@@ -17,6 +28,8 @@ import jax
 import numpy as np
 from absl import logging
 
+import fileio
+
 # Where multi-step loops run (the fused train steps, DDLS chains, the conditional sampler):
 # "auto" (default) and "device" = device loops (`lax.scan` / `fori_loop`) on every backend;
 # "host" = a host loop over one jitted step (train steps: unrolled). XLA:CPU used to run
@@ -25,6 +38,8 @@ from absl import logging
 # XLA:CPU runs at full speed in a loop too, so the workaround is only a switch now.
 LOOPS_ENV = "SCORE_SDE_LOOPS"
 LOOP_MODES = ("auto", "device", "host")
+# Remote workdirs: seconds between rewrites of metrics.jsonl, TensorBoard and stdout.txt.
+REMOTE_FLUSH_S = 30.0
 
 
 def device_loops(override: bool | None = None) -> bool:
@@ -133,11 +148,10 @@ def count_params(params) -> int:
 def write_config(config, workdir: str) -> None:
     """Writes the resolved config to `workdir/config.json` (process 0 only); the log gets the
     path, and the config itself at --verbosity=1."""
-    path = os.path.join(workdir, "config.json")
+    path = fileio.join(workdir, "config.json")
     logging.vlog(1, "Config:\n%s", config)
     if is_main_process():
-        with open(path, "w") as f:
-            f.write(config.to_json_best_effort(indent=2, sort_keys=True) + "\n")
+        fileio.write_text_atomic(path, config.to_json_best_effort(indent=2, sort_keys=True) + "\n")
         logging.info("Config: %s", path)
 
 
@@ -158,18 +172,30 @@ def hide_gpus_from_tf():
 class MetricWriter:
     """Appends `{"step", "time", **scalars}` lines to `metrics.jsonl` and TensorBoard scalars.
 
-    Only process 0 writes; TensorBoard is optional (skipped if TensorFlow is unavailable).
+    Only process 0 writes; TensorBoard is optional (skipped if TensorFlow is unavailable). On a
+    remote workdir (gs://) the lines are uploaded by `flush()` (every `REMOTE_FLUSH_S` seconds,
+    at checkpoints, on `close()`), and TensorBoard writes its event files to a local temporary
+    folder that `flush()` uploads to `<workdir>/tensorboard/`: TensorFlow's own GCS client
+    would bypass the path layer (and ignores the emulator the tests use).
     """
 
-    def __init__(self, workdir: str, filename: str = "metrics.jsonl", tensorboard: bool = True):
-        self.path = os.path.join(workdir, filename)
-        self._tb = None
+    def __init__(self, workdir: str, filename: str = "metrics.jsonl", tensorboard: bool = True,
+                 flush_every_s: float = REMOTE_FLUSH_S):  # fmt: skip
+        self.path = fileio.join(fileio.absolute(workdir), filename)
+        self.remote = fileio.is_remote(self.path)
+        self.flush_every_s = flush_every_s
+        self._pending: list[str] = []  # remote: lines not uploaded yet
+        self._last_flush = time.time()
+        self._tb = self._tb_local = None
+        self._tb_dir = fileio.join(fileio.absolute(workdir), "tensorboard")
         if is_main_process() and tensorboard:
             try:
-                import tensorflow as tf
+                import tensorflow as tf  # lazy: heavy, and only needed for TensorBoard
 
                 self._tf = tf
-                self._tb = tf.summary.create_file_writer(os.path.join(workdir, "tensorboard"))
+                if self.remote:
+                    self._tb_local = tempfile.mkdtemp(prefix="score_sde_tb_")
+                self._tb = tf.summary.create_file_writer(self._tb_local or self._tb_dir)
             except Exception as e:  # noqa: BLE001 - TensorBoard is a convenience
                 logging.warning("TensorBoard disabled: %s", e)
 
@@ -178,22 +204,78 @@ class MetricWriter:
             return
         parts = " ".join(f"{k} {v:.5g}" for k, v in scalars.items())
         logging.info("step %d: %s", step, parts)
-        with open(self.path, "a") as f:
-            f.write(json.dumps({"step": int(step), "time": time.time(), **scalars}) + "\n")
+        line = json.dumps({"step": int(step), "time": time.time(), **scalars}) + "\n"
+        if self.remote:
+            self._pending.append(line)
+        else:
+            fileio.append_text(self.path, line)
         if self._tb is not None:
             with self._tb.as_default():
                 for k, v in scalars.items():
                     self._tf.summary.scalar(k, v, step=int(step))
             self._tb.flush()
+        if self.remote and time.time() - self._last_flush >= self.flush_every_s:
+            self.flush()
+
+    def flush(self) -> None:
+        """Uploads the pending lines and TensorBoard events (remote workdirs; else a no-op)."""
+        self._last_flush = time.time()
+        if not self.remote or not is_main_process():
+            return
+        if self._pending:
+            old = fileio.read_text(self.path) if fileio.exists(self.path) else ""
+            fileio.write_text_atomic(self.path, old + "".join(self._pending))
+            self._pending = []
+        if self._tb_local is not None:
+            for name in sorted(os.listdir(self._tb_local)):
+                with open(os.path.join(self._tb_local, name), "rb") as f:
+                    fileio.write_bytes(fileio.join(self._tb_dir, name), f.read())
+
+    def drop_after(self, step: int) -> int:
+        """Removes the lines of steps after `step` (a resumed run writes them again); returns
+        how many were removed. The file is rewritten atomically (process 0 only)."""
+        if not is_main_process():
+            return 0
+        self.flush()
+        if not fileio.exists(self.path):
+            return 0
+        lines = [line for line in fileio.read_text(self.path).splitlines(True) if line.strip()]
+        # A line cut short by a kill (no step to read) is dropped too.
+        keep = [line for line in lines if _json_step(line, step + 1) <= step]
+        if len(keep) < len(lines):
+            fileio.write_text_atomic(self.path, "".join(keep))
+            logging.info(
+                "%s: dropped %d lines after step %d.", self.path, len(lines) - len(keep), step
+            )
+        return len(lines) - len(keep)
 
     def close(self) -> None:
         if self._tb is not None:
             self._tb.close()
+        self.flush()
+        if self._tb_local is not None:
+            shutil.rmtree(self._tb_local, ignore_errors=True)
+            self._tb_local = self._tb = None
 
 
 def read_metrics(path: str) -> list[dict]:
-    with open(path) as f:
-        return [json.loads(line) for line in f if line.strip()]
+    """The records of a `metrics.jsonl`, one per step in step order: the lines of one step are
+    merged, later lines overriding earlier values (a step written again after a resume, or by a
+    run before its workdir was locked, shows its latest value)."""
+    merged: dict[int, dict] = {}
+    for line in fileio.read_text(path).splitlines():
+        if _json_step(line, None) is not None:
+            record = json.loads(line)
+            merged.setdefault(record["step"], {}).update(record)
+    return [merged[step] for step in sorted(merged)]
+
+
+def _json_step(line: str, default):
+    """The `step` of one metrics line, or `default` for a blank or damaged line."""
+    try:
+        return int(json.loads(line)["step"])
+    except (ValueError, KeyError, TypeError):
+        return default
 
 
 def to_uint8(images) -> np.ndarray:
@@ -215,40 +297,74 @@ def image_grid(images_uint8: np.ndarray, nrow: int | None = None, padding: int =
 
 
 def save_png(image_uint8: np.ndarray, path: str) -> str:
-    """Writes a uint8 `[H, W, C]` image (C = 1 or 3) as a PNG, creating its directory."""
+    """Writes a uint8 `[H, W, C]` image (C = 1 or 3) as a PNG (atomically, through `fileio`)."""
     from PIL import Image  # lazy: only the image writers need Pillow
 
-    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
-    Image.fromarray(image_uint8[..., 0] if image_uint8.shape[-1] == 1 else image_uint8).save(path)
-    return path
+    buffer = io.BytesIO()
+    image = Image.fromarray(image_uint8[..., 0] if image_uint8.shape[-1] == 1 else image_uint8)
+    image.save(buffer, format="PNG")
+    return fileio.write_bytes(path, buffer.getvalue())
 
 
 def write_atomic(path: str, text: str) -> None:
-    """Writes `text` to `path` through a temporary file and a rename: never half a file."""
-    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
-    tmp = f"{path}.tmp{os.getpid()}"
-    with open(tmp, "w") as f:
-        f.write(text)
-    os.replace(tmp, path)
+    """Writes `text` to `path` atomically (`fileio.write_text_atomic`): never half a file."""
+    fileio.write_text_atomic(path, text)
 
 
 def save_sample_grid(images, directory: str, name: str = "sample") -> str:
     """Writes `name.npz` (uint8 samples) and `name.png` (grid) into `directory`."""
     if not is_main_process():
         return directory
-    os.makedirs(directory, exist_ok=True)
     samples = to_uint8(images)
-    np.savez_compressed(os.path.join(directory, f"{name}.npz"), samples=samples)
-    return save_png(image_grid(samples), os.path.join(directory, f"{name}.png"))
+    fileio.save_npz(fileio.join(directory, f"{name}.npz"), samples=samples)
+    return save_png(image_grid(samples), fileio.join(directory, f"{name}.png"))
 
 
 def log_to_file(path: str) -> None:
-    """Also writes the absl log to `path` (the original's `workdir/stdout.txt`)."""
-    import logging as std_logging
-
-    handler = std_logging.FileHandler(path)
+    """Also writes the absl log to `path` (the original's `workdir/stdout.txt`), appending to
+    what is there; on an object store through `RemoteLogHandler`."""
+    if fileio.is_remote(path):
+        handler = RemoteLogHandler(path)
+    else:
+        fileio.makedirs(os.path.dirname(fileio.absolute(path)))
+        handler = std_logging.FileHandler(fileio.absolute(path))
     handler.setFormatter(logging.PythonFormatter())
     logging.get_absl_logger().addHandler(handler)
+
+
+class RemoteLogHandler(std_logging.Handler):
+    """A log file on an object store: records are kept in memory and the object is rewritten
+    (its text so far + the new records) every `flush_every_s` seconds and when logging shuts
+    down at exit (`logging.shutdown` flushes every handler)."""
+
+    def __init__(self, path: str, flush_every_s: float = REMOTE_FLUSH_S):
+        super().__init__()
+        self.path, self.flush_every_s = path, flush_every_s
+        self._text = fileio.read_text(path) if fileio.exists(path) else ""
+        self._pending: list[str] = []
+        self._last_flush = time.time()
+        # At exit before the object store's client closes its session (atexit runs last-in
+        # first-out; `logging.shutdown`, registered when logging was imported, comes too late).
+        atexit.register(self.flush)
+
+    def emit(self, record) -> None:
+        try:
+            self._pending.append(self.format(record) + "\n")
+        except Exception:  # noqa: BLE001 - logging must never raise
+            self.handleError(record)
+        if time.time() - self._last_flush >= self.flush_every_s:
+            self.flush()
+
+    def flush(self) -> None:
+        self._last_flush = time.time()
+        if not self._pending:
+            return
+        self._text += "".join(self._pending)
+        self._pending = []
+        try:
+            fileio.write_text_atomic(self.path, self._text)
+        except Exception as e:  # noqa: BLE001 - the run goes on without its log copy
+            sys.stderr.write(f"Could not write {self.path}: {e}\n")
 
 
 # Start-up notices of native libraries that say nothing on any machine this project runs on:

@@ -43,6 +43,9 @@ def get_default_configs():
     training.n_jitted_steps = 1
     # True: mean over pixels in the loss; False: 0.5 * sum over pixels (the FFHQ config sets True).
     training.reduce_mean = False
+    # (project) Activation dtype of the train and eval-loss steps: 'float32', or 'bfloat16'
+    # (parameters, optimizer state and loss stay float32; models/utils.get_model_fn).
+    training.compute_dtype = "float32"
 
     # sampling
     config.sampling = sampling = ml_collections.ConfigDict()
@@ -54,6 +57,8 @@ def get_default_configs():
     sampling.probability_flow = False
     # Signal-to-noise ratio that sets the Langevin corrector step size.
     sampling.snr = 0.15
+    # (project) Activation dtype of the network while sampling: 'float32' or 'bfloat16'.
+    sampling.compute_dtype = "float32"
     # Fields of the fast and adaptive samplers (steps, dpm_order, ..., reltol): _fast_sampling.py.
     _fast_sampling.add_fast_sampler_fields(sampling)
 

@@ -7,8 +7,6 @@ command line that trains and runs it is `experiments/controllable.py`.
 
 from __future__ import annotations
 
-import os
-
 import jax
 import jax.numpy as jnp
 import ml_collections
@@ -16,6 +14,7 @@ import optax
 from absl import logging
 
 import datasets
+import fileio
 import losses
 import utils
 from models import wideresnet_noise_conditional as wrn
@@ -126,19 +125,12 @@ def train_classifier(config, workdir: str, classifier_config=None) -> TrainState
     """
     cfg = classifier_config or get_classifier_config()
     tr = cfg.training
-    schedule = loop.Schedule(
-        n_iters=tr.n_iters,
-        log_freq=tr.log_freq,
-        snapshot_freq=tr.snapshot_freq,
-        preemption_freq=tr.snapshot_freq_for_preemption,
-    )
-    schedule.check("classifier.training")
+    schedule = loop.Schedule.from_config(tr, "classifier.training")
     devices.check_batch_size(tr.batch_size, "classifier.training.batch_size")
     utils.quiet_library_logs()
-    workdir = os.path.abspath(workdir)
-    os.makedirs(workdir, exist_ok=True)
-    with open(os.path.join(workdir, CONFIG_FILE), "w") as f:
-        f.write(cfg.to_json(indent=2) + "\n")
+    workdir = fileio.makedirs(workdir)
+    if utils.is_main_process():
+        fileio.write_text_atomic(fileio.join(workdir, CONFIG_FILE), cfg.to_json(indent=2) + "\n")
     sde, eps = score_model.sde_from_config(config)
     classifier, tx, abstract, image_shape = classifier_setup(config, cfg)
     base_key = jax.random.fold_in(jax.random.key(config.seed), 7)
@@ -146,11 +138,14 @@ def train_classifier(config, workdir: str, classifier_config=None) -> TrainState
     state_sharding = devices.replicated(mesh)
     batch_sharding = devices.batch_sharding(mesh, steps_axis=True)
     manager = checkpoints.checkpoint_manager(workdir, tr.snapshot_freq)
-    state, _ = checkpoints.restore_latest_good(manager, abstract, tx)
-    if state is None:
+
+    def init():
         init_key = jax.random.fold_in(base_key, -1 % 2**31)
         state = create_classifier_state(classifier, tx, init_key, image_shape)
         logging.info("Classifier from scratch (%d params).", utils.count_params(state.params))
+        return state
+
+    state = checkpoints.restore_or_init(manager, abstract, init, tx)
     state = jax.device_put(state, state_sharding)
     first_step = int(state.step)
     data_config = config.copy_and_resolve_references()

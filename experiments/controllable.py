@@ -13,8 +13,8 @@ The samplers are `samplers/controllable.py` (math only).
 
 from __future__ import annotations
 
+import io
 import json
-import os
 
 import jax
 import jax.numpy as jnp
@@ -25,6 +25,7 @@ from ml_collections import config_flags
 from PIL import Image
 
 import datasets
+import fileio
 import utils
 from experiments import classifier as classifier_lib
 from models import utils as mutils
@@ -35,7 +36,7 @@ from samplers.controllable import (
     get_pc_conditional_sampler,
     get_pc_inpainter,
 )
-from training import checkpoints, score_model
+from training import checkpoints, devices, score_model
 
 # --------------------------------------------------------------------------------------------
 # Masks, inputs and the command-line modes.
@@ -79,18 +80,18 @@ def load_images(config, *, image_folder: str | None = None, split: str = "test",
     """`num` images in [0, 1], float32 `[num, H, W, C]`, from a folder or a dataset split."""
     size, channels = config.data.image_size, config.data.num_channels
     if image_folder:
-        if not os.path.isdir(image_folder):
+        if not fileio.isdir(image_folder):
             raise FileNotFoundError(f"--image_folder {image_folder!r} is not a directory")
-        files = sorted(f for f in os.listdir(image_folder) if f.lower().endswith(_IMAGE_EXTENSIONS))
+        files = [f for f in fileio.listdir(image_folder) if f.lower().endswith(_IMAGE_EXTENSIONS)]
         if len(files) < num:
             raise ValueError(
                 f"{image_folder} has {len(files)} images {_IMAGE_EXTENSIONS}, need {num}"
             )
         images = []
         for name in files[:num]:
-            image = Image.open(os.path.join(image_folder, name)).convert(
-                "L" if channels == 1 else "RGB"
-            )
+            image = Image.open(
+                io.BytesIO(fileio.read_bytes(fileio.join(image_folder, name)))
+            ).convert("L" if channels == 1 else "RGB")
             if image.size != (size, size):
                 raise ValueError(
                     f"{name} is {image.size[0]}x{image.size[1]} but config.data.image_size={size}: "
@@ -107,21 +108,27 @@ def load_images(config, *, image_folder: str | None = None, split: str = "test",
     batch = next(iter(train_ds if split == "train" else eval_ds), None)
     if batch is None:
         raise ValueError(f"The {split} split has fewer than --num={num} images")
-    return np.asarray(batch["image"], np.float32)
+    # Multi-host: each host reads its block of the batch; every host gets all `num` images.
+    return devices.allgather_host(np.asarray(batch["image"], np.float32))
 
 
 def _on_one_device(params):
-    # One device: the CLI batches are small and need not divide the device count.
-    return jax.device_put(params, jax.local_devices()[0])
+    # One device: the CLI batches are small and need not divide the device count. Multi-host:
+    # every process runs the same computation on its first device (from its local copy of the
+    # replicated params), so every host has the same images; process 0 writes them.
+    def local(a):
+        a = a.addressable_data(0) if isinstance(a, jax.Array) else a
+        return jax.device_put(a, jax.local_devices()[0])
+
+    return jax.tree.map(local, params)
 
 
 def _load_classifier_config(classifier_workdir: str, default):
     """The config the classifier was trained with (`classifier_config.json`), else `default`."""
-    path = os.path.join(classifier_workdir, classifier_lib.CONFIG_FILE)
-    if not os.path.exists(path):
+    path = fileio.join(classifier_workdir, classifier_lib.CONFIG_FILE)
+    if not fileio.exists(path):
         return default
-    with open(path) as f:
-        return ml_collections.ConfigDict(json.load(f))
+    return ml_collections.ConfigDict(json.loads(fileio.read_text(path)))
 
 
 def _pc_kwargs(config, eps, inverse_scaler):
@@ -138,12 +145,14 @@ def _pc_kwargs(config, eps, inverse_scaler):
 
 def _save(out_dir: str, mode: str, rows: list[np.ndarray], **arrays) -> str:
     """`<mode>.png`: one grid row per entry of `rows` ([N, H, W, C] in [0, 1]); `<mode>.npz`."""
-    os.makedirs(out_dir, exist_ok=True)
+    path = fileio.join(out_dir, f"{mode}.png")
+    if not utils.is_main_process():
+        return path
     rows = [utils.to_uint8(r) for r in rows]
     grid = utils.image_grid(np.concatenate(rows), nrow=len(rows[0]))
-    path = utils.save_png(grid, os.path.join(out_dir, f"{mode}.png"))
-    np.savez_compressed(
-        os.path.join(out_dir, f"{mode}.npz"),
+    utils.save_png(grid, path)
+    fileio.save_npz(
+        fileio.join(out_dir, f"{mode}.npz"),
         **{k: utils.to_uint8(v) if v.dtype.kind == "f" else v for k, v in arrays.items()},
     )
     return path
@@ -166,7 +175,8 @@ def run(
     if mode not in MODES:
         raise ValueError(f"Unknown mode {mode!r}; valid modes: {MODES}")
     utils.quiet_library_logs()
-    classifier_workdir = classifier_workdir or os.path.join(workdir, "classifier")
+    workdir = fileio.absolute(workdir)
+    classifier_workdir = classifier_workdir or fileio.join(workdir, "classifier")
     classifier_config = classifier_config or classifier_lib.get_classifier_config()
     if mode == "train_classifier":
         classifier_lib.train_classifier(config, classifier_workdir, classifier_config)
@@ -192,7 +202,7 @@ def run(
     kwargs = _pc_kwargs(config, eps, inverse_scaler)
     predictor, corrector = config.sampling.predictor, config.sampling.corrector
     key = jax.random.fold_in(jax.random.key(config.seed), 11)
-    out_dir = os.path.join(workdir, "controllable")
+    out_dir = fileio.join(workdir, "controllable")
     if mode == "conditional":
         return _run_conditional(
             config,
@@ -278,6 +288,10 @@ def main(argv):
     del argv
     utils.setup_jax_runtime()
     f = flags.FLAGS
+    if f.distributed or f.coordinator_address:  # multi-host, as main.py
+        jax.distributed.initialize(f.coordinator_address, f.num_processes, f.process_id)
+    utils.quiet_library_logs()
+    utils.hide_gpus_from_tf()  # TensorFlow starts here, its start-up notices filtered
     labels = [int(v) for v in f.labels.split(",") if v.strip()] if f.labels else None
     path = run(
         f.config,
@@ -308,5 +322,9 @@ def define_flags():
     flags.DEFINE_string("mask", "half", f"Inpainting mask: {', '.join(sorted(MASKS))}.")
     flags.DEFINE_string("image_folder", None, "Folder of input images (else --split).")
     flags.DEFINE_string("split", "test", "Dataset split of the inputs: test or train.")
+    flags.DEFINE_bool("distributed", False, "Call jax.distributed.initialize (multi-host).")
+    flags.DEFINE_string("coordinator_address", None, "host:port of process 0 (multi-host).")
+    flags.DEFINE_integer("num_processes", None, "Number of processes (multi-host).")
+    flags.DEFINE_integer("process_id", None, "This process's id (multi-host).")
     flags.DEFINE_integer("num", 16, "Number of images / samples.")
     flags.mark_flags_as_required(["config", "workdir", "mode"])

@@ -8,13 +8,18 @@ Workdir layout (`<workdir>/<eval_folder>/`, default `ddls/`):
   fd_vs_steps.png     the first metric against Langevin steps
   grid_step_<k>.png   the same 64 latents at every recorded step k
   summary.json        config.ddls, GAN step, rows of the CSV
+
+The workdir may be local or gs:// (`fileio`). Multi-host: the chains of each batch are sharded
+over every device of every host (chain b has the same latent and noise keys whatever the
+topology), the records are gathered to every process, and process 0 writes.
 """
 
 from __future__ import annotations
 
 import csv
+import functools
+import io
 import json
-import os
 from collections.abc import Callable
 
 import jax
@@ -24,6 +29,7 @@ from jax import Array
 from jax import numpy as jnp
 
 import datasets
+import fileio
 import utils
 from experiments import gan
 from samplers import ddls
@@ -53,9 +59,15 @@ def initial_latents(key, start: int, stop: int, z_dim: int) -> Array:
     return jax.vmap(lambda i: jax.random.normal(jax.random.fold_in(key, i), (z_dim,)))(idx)
 
 
+def _sharded(fn, sharding):
+    """`fn()` (arrays with a leading chain axis) computed straight into `sharding`."""
+    return jax.jit(fn, out_shardings=sharding)()
+
+
 def _run_chains(config, generator, state, sampler, logit_fn, inverse_scaler):
     """Runs every batch of chains; returns uint8 images, energies and logits per record."""
     c = config.ddls
+    mesh = devices.make_mesh()
     z_key, noise_key = jax.random.split(jax.random.key(config.seed + 2))
     gen = jax.jit(lambda z: inverse_scaler(gan.generate(generator, state, z)))
     stats = jax.jit(lambda z: (ddls.energy(z, logit_fn), logit_fn(z)))
@@ -63,9 +75,19 @@ def _run_chains(config, generator, state, sampler, logit_fn, inverse_scaler):
     bar = utils.progress_bar(c.num_samples, 0, "ddls chains")
     for start in range(0, c.num_samples, c.batch_size):
         stop = min(start + c.batch_size, c.num_samples)
-        z0 = initial_latents(z_key, start, stop, config.model.z_dim)
-        keys = jax.vmap(lambda i: jax.random.fold_in(noise_key, i))(jnp.arange(start, stop))
+        # Chains sharded over every device when the batch divides evenly, else replicated.
+        even = (stop - start) % jax.device_count() == 0
+        sharding = devices.batch_sharding(mesh) if even else devices.replicated(mesh)
+        z0 = _sharded(
+            functools.partial(initial_latents, z_key, start, stop, config.model.z_dim), sharding
+        )
+        chain_keys = lambda a=start, b=stop: jax.vmap(lambda i: jax.random.fold_in(noise_key, i))(
+            jnp.arange(a, b)
+        )
+        keys = _sharded(chain_keys, sharding)
         _, records, eps_used = sampler(keys, z0)
+        # Indexed, not iterated: a multi-host array cannot be iterated on the host.
+        records = [records[k] for k in range(records.shape[0])]
         images.append(np.stack([utils.to_uint8(devices.gather(gen(z))) for z in records]))
         e, d = zip(*(devices.gather(stats(z)) for z in records))
         energies.append(np.stack(e))
@@ -78,11 +100,11 @@ def _run_chains(config, generator, state, sampler, logit_fn, inverse_scaler):
 
 def _write_outputs(folder, rows, images, record_steps) -> None:
     """fd_vs_steps.csv, the metric plot and the grids along the chain."""
-    keys = list(rows[0])
-    with open(os.path.join(folder, "fd_vs_steps.csv"), "w", newline="") as f:
-        writer = csv.DictWriter(f, fieldnames=keys)
-        writer.writeheader()
-        writer.writerows(rows)
+    text = io.StringIO(newline="")
+    writer = csv.DictWriter(text, fieldnames=list(rows[0]))
+    writer.writeheader()
+    writer.writerows(rows)
+    fileio.write_text_atomic(fileio.join(folder, "fd_vs_steps.csv"), text.getvalue())
     for k, step in enumerate(record_steps):
         utils.save_sample_grid(images[k, :GRID_SIZE] / 255.0, folder, f"grid_step_{step}")
     _plot(folder, rows)
@@ -100,7 +122,9 @@ def _plot(folder: str, rows: list[dict]) -> None:
         ax.set_xlabel("Langevin steps")
         ax.set_title(name)
     fig.tight_layout()
-    fig.savefig(os.path.join(folder, "fd_vs_steps.png"), dpi=100)
+    png = io.BytesIO()
+    fig.savefig(png, format="png", dpi=100)
+    fileio.write_bytes(fileio.join(folder, "fd_vs_steps.png"), png.getvalue())
 
 
 def run_ddls(config, workdir: str, eval_folder: str = "ddls") -> list[dict]:
@@ -114,11 +138,15 @@ def run_ddls(config, workdir: str, eval_folder: str = "ddls") -> list[dict]:
       FileNotFoundError: `workdir` holds no restorable GAN checkpoint.
     """
     utils.quiet_library_logs()
-    workdir = os.path.abspath(workdir)
-    folder = os.path.join(workdir, eval_folder)
-    os.makedirs(folder, exist_ok=True)
+    workdir = fileio.absolute(workdir)
+    folder = fileio.makedirs(fileio.join(workdir, eval_folder))
     generator, discriminator, _, _ = gan.build(config)
     state = gan.restore_gan(config, workdir)
+    if jax.process_count() > 1:
+        # The chains' jitted functions close over the GAN's weights, and a jit may not close
+        # over arrays that span other hosts' devices: every host takes its local replica as
+        # NumPy constants (single-host runs keep the device arrays).
+        state = jax.tree.map(lambda a: np.asarray(a.addressable_data(0)), state)
     logit_fn = get_logit_fn(generator, discriminator, state)
     c = config.ddls
     record_steps = sorted(set(int(k) for k in c.record_steps))
@@ -151,6 +179,7 @@ def run_ddls(config, workdir: str, eval_folder: str = "ddls") -> list[dict]:
         summary["eps_used_first_last"] = (
             [float(eps_used[0]), float(eps_used[-1])] if len(eps_used) else []
         )
-        with open(os.path.join(folder, "summary.json"), "w") as f:
-            json.dump(summary, f, indent=2, default=list)
+        fileio.write_text_atomic(
+            fileio.join(folder, "summary.json"), json.dumps(summary, indent=2, default=list)
+        )
     return rows

@@ -165,6 +165,8 @@ def cli() -> None:
         fl = flags.FLAGS
         if not fl.train_extractor:
             raise app.UsageError("Nothing to do: pass --train_extractor.")
+        utils.quiet_library_logs()
+        utils.hide_gpus_from_tf()  # TensorFlow starts here, its start-up notices filtered
         extractor = train_from_config(fl.config, fl.workdir, fl.steps, fl.batch_size, fl.seed)
         logging.info("saved %s to %s (%s)", extractor.name, fl.workdir, extractor.info)
 

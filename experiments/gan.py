@@ -19,7 +19,6 @@ References:
 
 from __future__ import annotations
 
-import os
 from typing import Any
 
 import flax
@@ -29,6 +28,7 @@ from absl import logging
 from jax import numpy as jnp
 
 import datasets
+import fileio
 import utils
 from models import dcgan
 from training import checkpoints, devices, loop
@@ -181,11 +181,11 @@ def restore_gan(config, workdir: str) -> GANState:
     """
     _, _, _, abstract = build(config)
     manager = checkpoints.checkpoint_manager(workdir, config.training.snapshot_freq)
-    state, step = checkpoints.restore_latest_good(manager, abstract)
+    state, step = checkpoints.restore_latest_good(manager, abstract, move_aside=False)
     manager.close()
     if state is None:
         raise FileNotFoundError(
-            f"No restorable GAN checkpoint in {os.path.join(workdir, 'checkpoints')}; train one "
+            f"No restorable GAN checkpoint in {fileio.join(workdir, 'checkpoints')}; train one "
             "with `python main.py --config <configs/ddls/...> --workdir W --mode train`."
         )
     logging.info("Restored GAN checkpoint step %d from %s.", step, workdir)
@@ -194,7 +194,7 @@ def restore_gan(config, workdir: str) -> GANState:
 
 def _save_grid(generator, state, z_fixed, inverse_scaler, workdir: str, step: int) -> None:
     images = devices.gather(inverse_scaler(generate(generator, state, z_fixed)))
-    utils.save_sample_grid(images, os.path.join(workdir, "samples", f"iter_{step}"))
+    utils.save_sample_grid(images, fileio.join(workdir, "samples", f"iter_{step}"))
 
 
 def _finite_step(gan_step):
@@ -211,17 +211,10 @@ def _finite_step(gan_step):
 def train(config, workdir: str) -> GANState:
     """Trains the GAN of `config` in `workdir`, resuming from the last good checkpoint."""
     t = config.training
-    schedule = loop.Schedule(
-        n_iters=t.n_iters,
-        log_freq=t.log_freq,
-        snapshot_freq=t.snapshot_freq,
-        preemption_freq=t.snapshot_freq_for_preemption,
-    )
-    schedule.check()
+    schedule = loop.Schedule.from_config(t)
     devices.check_batch_size(t.batch_size, "training.batch_size")
     utils.quiet_library_logs()
-    workdir = os.path.abspath(workdir)
-    os.makedirs(workdir, exist_ok=True)
+    workdir = fileio.makedirs(workdir)
     utils.write_config(config, workdir)
     generator, discriminator, tx, abstract = build(config)
     base_key = jax.random.key(config.seed)
@@ -229,8 +222,8 @@ def train(config, workdir: str) -> GANState:
     state_sharding, batch_sharding = devices.replicated(mesh), devices.batch_sharding(mesh)
 
     manager = checkpoints.checkpoint_manager(workdir, t.snapshot_freq)
-    state, restored = checkpoints.restore_latest_good(manager, abstract)
-    if state is None:
+
+    def init():
         shape = (config.data.image_size,) * 2 + (config.data.num_channels,)
         init_key = jax.random.fold_in(base_key, -1 % 2**31)
         state = jax.jit(
@@ -238,8 +231,9 @@ def train(config, workdir: str) -> GANState:
         )(init_key)
         n_g, n_d = utils.count_params(state.g_params), utils.count_params(state.d_params)
         logging.info("Starting from scratch (G %d, D %d parameters).", n_g, n_d)
-    else:
-        logging.info("Resumed from checkpoint step %d.", restored)
+        return state
+
+    state = checkpoints.restore_or_init(manager, abstract, init)
     state = jax.device_put(state, state_sharding)
     initial_step = int(state.step)
 

@@ -16,14 +16,15 @@ Workdir layout (W is the workdir of the current config):
   W/sweep/table1.md                 Table 1 layout: samplers x (P/C/PC columns per run)
   W/sweep/nfe_table.md              extra samplers x NFE budgets
   W/sweep/quality_vs_nfe.png        primary metric vs real NFE (log x)
+
+W may be local or gs:// (files through `fileio`). Multi-host: process 0 writes every file and
+decides which cells are finished (`devices.main_value`); every process samples each cell.
 """
 
 from __future__ import annotations
 
 import dataclasses
 import json
-import os
-import shutil
 from typing import Any
 
 import jax
@@ -32,6 +33,7 @@ import numpy as np
 from absl import logging
 
 import datasets
+import fileio
 import sampling
 import utils
 from experiments import sweep_report
@@ -91,9 +93,9 @@ class RunContext:
 
 def restore_ema_params(config, workdir: str, model, ckpt: int = -1):
     """EMA params of checkpoint index `ckpt` (step ckpt * snapshot_freq; -1 = latest good)."""
-    ckpt_dir = os.path.join(os.path.abspath(workdir), "checkpoints")
+    ckpt_dir = fileio.join(fileio.absolute(workdir), "checkpoints")
     how = f"train first: python main.py --config <config> --workdir {workdir} --mode train"
-    if not os.path.isdir(ckpt_dir):
+    if not devices.main_value(lambda: fileio.isdir(ckpt_dir)):
         raise FileNotFoundError(f"No checkpoint directory {ckpt_dir}; {how}")
     max_step = None if ckpt < 0 else ckpt * config.training.snapshot_freq
     return score_model.restore_score_params(config, workdir, model, max_step=max_step)
@@ -146,15 +148,15 @@ def evaluate_cell(ctx: RunContext, cell: Cell, spec: SweepSpec, out_dir: str) ->
     shape = (spec.batch_size, config.data.image_size, config.data.image_size)
     shape += (config.data.num_channels,)
     fn = build_sampling_fn(config, cell, ctx.model, shape, devices.batch_sharding(ctx.mesh))
-    work_dir = os.path.join(out_dir, "work", cell.cell_id)
-    os.makedirs(work_dir, exist_ok=True)
+    work_dir = fileio.makedirs(fileio.join(out_dir, "work", cell.cell_id))
     draws = sample_eval.sample_rounds(
         fn, ctx.params, jax.random.key(spec.seed), spec.num_samples, spec.batch_size, work_dir,
         prefix="round_", desc=cell.cell_id,
     )  # fmt: skip
     samples = draws.pop("samples")
     metrics = cell_metrics(ctx, spec, cell, samples, work_dir)
-    save_grid(samples[:64], os.path.join(out_dir, "grids", f"{cell.cell_id}.png"))
+    if utils.is_main_process():
+        save_grid(samples[:64], fileio.join(out_dir, "grids", f"{cell.cell_id}.png"))
     options = dict(cell.options)
     return {
         "cell_id": cell.cell_id,
@@ -198,7 +200,13 @@ def run_sweep(config, workdir: str, shard: str = "0/1") -> list[dict]:
     spec = get_sweep_spec(config)
     runs = get_runs(config, workdir, spec)
     cells = enumerate_cells(spec, runs)
-    out_dir = os.path.join(os.path.abspath(workdir), "sweep")
+    if not cells:
+        raise ValueError(
+            f"Every cell of the sweep was skipped (the warnings above say why): config.sweep "
+            f"columns {list(spec.columns)}, samplers {list(spec.samplers)}, nfe {list(spec.nfe)}; "
+            "give more steps or other samplers."
+        )
+    out_dir = fileio.join(fileio.absolute(workdir), "sweep")
     mine = shard_cells(cells, index, count)
     logging.info(
         "Sweep: %d cells, %d in shard %s, results in %s", len(cells), len(mine), shard, out_dir
@@ -206,9 +214,10 @@ def run_sweep(config, workdir: str, shard: str = "0/1") -> list[dict]:
     contexts: dict[str, RunContext] = {}
     bar = utils.progress_bar(len(mine), desc=f"sweep {shard}")
     for cell in mine:
-        path = os.path.join(out_dir, "cells", f"{cell.cell_id}.json")
-        if os.path.exists(path):
-            _log_finished(path, cell)
+        path = fileio.join(out_dir, "cells", f"{cell.cell_id}.json")
+        if devices.main_value(lambda p=path: fileio.exists(p)):
+            if utils.is_main_process():
+                _log_finished(path, cell)
         else:
             logging.info("Cell %s ...", cell.cell_id)
             if cell.run not in contexts:
@@ -216,19 +225,18 @@ def run_sweep(config, workdir: str, shard: str = "0/1") -> list[dict]:
             record = evaluate_cell(contexts[cell.run], cell, spec, out_dir)
             if utils.is_main_process():
                 utils.write_atomic(path, json.dumps(record, indent=2, default=float) + "\n")
-                shutil.rmtree(os.path.join(out_dir, "work", cell.cell_id), ignore_errors=True)
+                fileio.rmtree(fileio.join(out_dir, "work", cell.cell_id))
                 sweep_report.write_outputs(out_dir, spec, cells)
         bar.update()
     bar.close()
     if utils.is_main_process():
         sweep_report.write_outputs(out_dir, spec, cells)
-    return sweep_report.load_records(out_dir)
+    return devices.main_value(lambda: sweep_report.load_records(out_dir))
 
 
 def _log_finished(path: str, cell: Cell) -> None:
     """Logs a skipped cell; warns when its file was made with other sampler settings."""
-    with open(path) as f:
-        record = json.load(f)
+    record = json.loads(fileio.read_text(path))
     if record.get("options", dict(cell.options)) != dict(cell.options):
         logging.warning(
             "Cell %s was computed with %s, not %s; delete %s to recompute it.",

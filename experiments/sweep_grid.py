@@ -21,6 +21,7 @@ from typing import Any
 import ml_collections
 from absl import logging
 
+import fileio
 import sampling
 from samplers import fast_samplers, schedules
 
@@ -306,7 +307,7 @@ def _run_config(path: str, main_config):
 def get_runs(config, workdir: str, spec: SweepSpec) -> dict[str, Run]:
     """The current config and workdir first, then `sweep.runs` ('LABEL=config.py:workdir')."""
     label = spec.label or SDE_LABELS.get(config.training.sde.lower(), config.training.sde)
-    runs = {label: Run(label, config, os.path.abspath(workdir))}
+    runs = {label: Run(label, config, fileio.absolute(workdir))}
     for text in spec.runs:
         label, sep, rest = text.partition("=")
         path, sep2, run_workdir = rest.partition(":")
@@ -316,7 +317,7 @@ def get_runs(config, workdir: str, spec: SweepSpec) -> dict[str, Run]:
             )
         if label in runs:
             raise ValueError(f"Duplicate run label {label!r} in config.sweep (labels: {[*runs]})")
-        runs[label] = Run(label, _run_config(path, config), os.path.abspath(run_workdir))
+        runs[label] = Run(label, _run_config(path, config), fileio.absolute(run_workdir))
     return runs
 
 

@@ -7,10 +7,11 @@ Rebuilt by `sweep.run_sweep` after every finished cell from all cell files prese
 from __future__ import annotations
 
 import csv
+import io
 import json
 import math
-import os
 
+import fileio
 import utils
 from experiments.sweep_grid import ROW_TITLES, Cell, SweepSpec, parse_column
 
@@ -23,17 +24,9 @@ CSV_TAIL = ("wall_s", "compile_s", "images_per_s", "num_samples", "ckpt_step")
 
 def load_records(out_dir: str) -> list[dict]:
     """Every finished cell record in `out_dir/cells`, sorted by cell id."""
-    folder = os.path.join(out_dir, "cells")
-    names = (
-        sorted(n for n in os.listdir(folder) if n.endswith(".json"))
-        if os.path.isdir(folder)
-        else []
-    )
-    records = []
-    for name in names:
-        with open(os.path.join(folder, name)) as f:
-            records.append(json.load(f))
-    return records
+    folder = fileio.join(out_dir, "cells")
+    names = [n for n in fileio.listdir(folder) if n.endswith(".json")]
+    return [json.loads(fileio.read_text(fileio.join(folder, name))) for name in names]
 
 
 def primary_metric(records: list[dict]) -> str | None:
@@ -52,28 +45,27 @@ def write_outputs(out_dir: str, spec: SweepSpec, cells: list[Cell]) -> None:
     """Rebuilds every summary file from the cell files present (any shard)."""
     records = load_records(out_dir)
     metric = primary_metric(records)
-    write_csv(records, os.path.join(out_dir, "results.csv"))
+    write_csv(records, fileio.join(out_dir, "results.csv"))
     by_cell = {r["cell_id"]: r for r in records}
     runs = list(dict.fromkeys(c.run for c in cells))
     utils.write_atomic(
-        os.path.join(out_dir, "table1.md"), table1_markdown(spec, runs, by_cell, metric)
+        fileio.join(out_dir, "table1.md"), table1_markdown(spec, runs, by_cell, metric)
     )
     utils.write_atomic(
-        os.path.join(out_dir, "nfe_table.md"), nfe_markdown(spec, cells, by_cell, metric)
+        fileio.join(out_dir, "nfe_table.md"), nfe_markdown(spec, cells, by_cell, metric)
     )
-    plot_quality_vs_nfe(records, metric, os.path.join(out_dir, "quality_vs_nfe.png"))
+    plot_quality_vs_nfe(records, metric, fileio.join(out_dir, "quality_vs_nfe.png"))
 
 
 def write_csv(records: list[dict], path: str) -> None:
     metric_keys = sorted({k for r in records for k in r["metrics"]})
     rows = [[r.get(k, "") for k in CSV_FIELDS] + [r["metrics"].get(k, "") for k in metric_keys]
             + [r.get(k, "") for k in CSV_TAIL] for r in records]  # fmt: skip
-    tmp = f"{path}.tmp{os.getpid()}"
-    with open(tmp, "w", newline="") as f:
-        writer = csv.writer(f)
-        writer.writerow([*CSV_FIELDS, *metric_keys, *CSV_TAIL])
-        writer.writerows(rows)
-    os.replace(tmp, path)
+    text = io.StringIO(newline="")
+    writer = csv.writer(text)
+    writer.writerow([*CSV_FIELDS, *metric_keys, *CSV_TAIL])
+    writer.writerows(rows)
+    fileio.write_text_atomic(path, text.getvalue())
 
 
 def _value(record: dict | None, metric: str | None):
@@ -148,6 +140,6 @@ def plot_quality_vs_nfe(records: list[dict], metric: str | None, path: str) -> N
     if lines:
         ax.legend(fontsize=7)
     fig.subplots_adjust(left=0.1, right=0.97, bottom=0.12, top=0.96)
-    tmp = f"{path}.tmp{os.getpid()}.png"
-    fig.savefig(tmp, dpi=100)
-    os.replace(tmp, path)
+    png = io.BytesIO()
+    fig.savefig(png, format="png", dpi=100)
+    fileio.write_bytes(path, png.getvalue())

@@ -20,7 +20,10 @@ and both shapes, or the unexpected / missing paths); nothing is half-loaded.
 
 Our own checkpoint layout, written by `save_converted`: an Orbax `CheckpointManager` in
 `<workdir>/checkpoints`, one step-numbered checkpoint holding `{"step", "params", "ema_params"}`
-(`opt_state` omitted: a converted checkpoint has none).
+(`opt_state` omitted: a converted checkpoint has none). The CLI stores the originals'
+`checkpoint_k` (saved at step k * snapshot_freq + 1 by PyTorch, + n_jitted_steps by JAX) at
+step k * snapshot_freq, where `main.py --mode eval --config.eval.begin_ckpt=k` reads it
+(`checkpoint_step`); `<workdir>/converted.json` records each source file and its own step.
 
 CLI:
     python -m models.convert --config configs/ve/cifar10_ncsnpp_continuous.py \
@@ -30,6 +33,7 @@ CLI:
 """
 
 import collections
+import json
 import os
 import re
 from collections.abc import Mapping, Sequence
@@ -43,6 +47,8 @@ from flax import serialization, traverse_util
 from jax import numpy as jnp
 from ml_collections import config_flags
 
+import fileio
+import utils
 from models import ncsnv2, pth
 from models import utils as mutils
 
@@ -355,8 +361,7 @@ def read_flax_msgpack(path_or_bytes: str | os.PathLike | bytes) -> dict:
     if isinstance(path_or_bytes, bytes | bytearray):
         data = bytes(path_or_bytes)
     else:
-        with open(path_or_bytes, "rb") as f:
-            data = f.read()
+        data = fileio.read_bytes(path_or_bytes)
     return serialization.msgpack_restore(data)
 
 
@@ -418,7 +423,7 @@ def save_converted(workdir: str | os.PathLike, variables: Mapping, step: int) ->
     Raises:
       FileExistsError: the step is already there (converted weights never overwrite a run).
     """
-    directory = os.path.join(os.path.abspath(workdir), "checkpoints")
+    directory = fileio.join(fileio.absolute(workdir), "checkpoints")
     params = variables["params"]
     item = {"step": int(step), "params": params, "ema_params": params}
     with ocp.CheckpointManager(directory) as manager:
@@ -426,12 +431,12 @@ def save_converted(workdir: str | os.PathLike, variables: Mapping, step: int) ->
             raise FileExistsError(f"{directory} already has step {int(step)}; not overwriting it")
         manager.save(int(step), args=ocp.args.StandardSave(item), force=True)
         manager.wait_until_finished()
-    return os.path.join(directory, str(int(step)))
+    return fileio.join(directory, str(int(step)))
 
 
 def load_converted(workdir: str | os.PathLike, step: int | None = None) -> dict:
     """Restores `{"step", "params", "ema_params"}` from `<workdir>/checkpoints` (latest step)."""
-    directory = os.path.join(os.path.abspath(workdir), "checkpoints")
+    directory = fileio.join(fileio.absolute(workdir), "checkpoints")
     with ocp.CheckpointManager(directory) as manager:
         step = manager.latest_step() if step is None else step
         if step is None:
@@ -444,12 +449,52 @@ def load_converted(workdir: str | os.PathLike, step: int | None = None) -> dict:
 # ---------------------------------------------------------------------------------------------
 
 
-def _step_from(obj: Any, path: str) -> int:
-    """The checkpoint's own step if it has one, else the number in `checkpoint_<N>`."""
+def _source_step(obj: Any) -> int | None:
+    """The step a checkpoint records (score_sde_pytorch `step`, flax `State.step`), if any."""
     if isinstance(obj, Mapping) and "step" in obj and np.ndim(obj["step"]) == 0:
         return int(obj["step"])
-    match = re.search(r"(\d+)(\.pth)?$", os.path.basename(path))
-    return int(match.group(1)) if match else 0
+    return None
+
+
+def checkpoint_step(source_step: int | None, path: str, config) -> tuple[int, str]:
+    """The step a converted checkpoint is stored at, so that `--mode eval` finds it as ckpt k.
+
+    The originals save `checkpoint_k` after the step counter moved past k * snapshot_freq:
+    score_sde_pytorch at k * snapshot_freq + 1, the JAX original at k * snapshot_freq +
+    n_jitted_steps. `evaluate` reads ckpt k at exactly k * snapshot_freq (our trainer saves
+    there), so such a step is stored as k * snapshot_freq; the source step is logged and kept
+    in `<workdir>/converted.json`. A step between snapshots (a preemption checkpoint) is kept
+    as it is. Without a step in the file (a bare state dict), k comes from the file name
+    `checkpoint_<k>[.pth]` (else step 0).
+
+    Returns:
+      `(step, how)`: the step to store, and a phrase saying how it was chosen.
+    """
+    freq = int(config.training.snapshot_freq)
+    offset_max = max(1, int(config.training.get("n_jitted_steps", 1)))
+    if source_step is not None:
+        k, offset = divmod(source_step, freq)
+        if offset == 0:
+            return source_step, f"its step {source_step} = ckpt {k} x snapshot_freq {freq}"
+        if offset <= offset_max:
+            return (
+                k * freq,
+                f"its step {source_step} = ckpt {k} x {freq} + {offset} (saved after the step)",
+            )
+        return source_step, f"its step {source_step}, between snapshots (not a ckpt index)"
+    match = re.search(r"checkpoint_(\d+)(\.pth)?$", os.path.basename(path))
+    if match:
+        k = int(match.group(1))
+        return k * freq, f"no step inside; ckpt {k} from the file name x snapshot_freq {freq}"
+    return 0, "no step inside and no checkpoint_<k> name: stored as step 0"
+
+
+def _record_source(workdir: str, step: int, record: dict) -> None:
+    """Adds `{step: record}` to `<workdir>/converted.json` (where each converted step came from)."""
+    path = fileio.join(fileio.absolute(workdir), "converted.json")
+    entries = json.loads(fileio.read_text(path)) if fileio.exists(path) else {}
+    entries[str(step)] = record
+    fileio.write_text_atomic(path, json.dumps(entries, indent=2, sort_keys=True))
 
 
 def _count(tree) -> int:
@@ -465,11 +510,12 @@ def convert_main(
     if pytorch is not None:
         raw = pth.read_pth(pytorch)
         variables = from_pytorch(raw, config, use_ema=use_ema)
-        source, step = pytorch, _step_from(raw, pytorch)
+        source, source_step = pytorch, _source_step(raw)
     else:
         state = read_flax_msgpack(jax_ckpt)
         variables = {"params": _params_from_flax_state(state, config, use_ema)}
-        source, step = jax_ckpt, _step_from(state, jax_ckpt)
+        source, source_step = jax_ckpt, _source_step(state)
+    step, how = checkpoint_step(source_step, source, config)
     logging.info(
         "Converted %s (%s weights, %d parameters) for model %s",
         source,
@@ -478,13 +524,17 @@ def convert_main(
         config.model.name,
     )
     directory = save_converted(workdir, variables, step)
-    logging.info("Wrote step %d to %s", step, directory)
+    _record_source(workdir, step, {"source": fileio.absolute(source), "source_step": source_step,
+                                   "ema": use_ema, "how": how})  # fmt: skip
+    logging.info("Wrote step %d (%s) to %s; evaluate it with --config.eval.begin_ckpt=%d",
+                 step, how, directory, step // config.training.snapshot_freq)  # fmt: skip
     return directory
 
 
 def main(argv: Sequence[str]) -> None:
     if len(argv) > 1:
         raise app.UsageError("Too many command-line arguments.")
+    utils.quiet_library_logs()
     f = flags.FLAGS
     convert_main(f.config, f.workdir, pytorch=f.pytorch, jax_ckpt=f.jax, use_ema=f.use_ema)
 

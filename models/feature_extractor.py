@@ -19,11 +19,11 @@ from collections.abc import Sequence
 
 import jax
 import numpy as np
-from etils import epath
 from flax import linen as nn
 from flax import serialization
 from jax import numpy as jnp
 
+import fileio
 from models import conv
 
 # Files of a saved extractor directory.
@@ -119,10 +119,8 @@ class OfflineExtractor:
 
 def save(extractor: OfflineExtractor, path: str) -> None:
     """Writes `params.msgpack` (flax serialization) and `extractor.json` into directory `path`."""
-    directory = epath.Path(path)
-    directory.mkdir(parents=True, exist_ok=True)
-    (directory / PARAMS_FILE).write_bytes(serialization.to_bytes(extractor.params))
-    (directory / CONFIG_FILE).write_text(json.dumps(extractor.info, indent=2))
+    fileio.write_bytes(fileio.join(path, PARAMS_FILE), serialization.to_bytes(extractor.params))
+    fileio.write_text_atomic(fileio.join(path, CONFIG_FILE), json.dumps(extractor.info, indent=2))
 
 
 def load(path: str) -> OfflineExtractor:
@@ -131,13 +129,12 @@ def load(path: str) -> OfflineExtractor:
     Raises:
       FileNotFoundError: `path` holds no `extractor.json` (the message says how to make one).
     """
-    directory = epath.Path(path)
-    if not (directory / CONFIG_FILE).exists():
+    if not fileio.exists(fileio.join(path, CONFIG_FILE)):
         raise FileNotFoundError(
             f"No feature extractor at {path!r} ({CONFIG_FILE} missing); train one with "
             "`python -m evaluation --train_extractor --config ... --workdir ...`."
         )
-    info = json.loads((directory / CONFIG_FILE).read_text())
+    info = json.loads(fileio.read_text(fileio.join(path, CONFIG_FILE)))
     module = FeatureExtractor(
         num_classes=info["num_classes"],
         channels=tuple(info["channels"]),
@@ -147,5 +144,5 @@ def load(path: str) -> OfflineExtractor:
     dummy = jnp.zeros((1, *info["image_shape"]), jnp.float32)
     target = jax.eval_shape(module.init, jax.random.key(0), dummy)["params"]
     target = jax.tree.map(lambda s: np.zeros(s.shape, s.dtype), target)
-    params = serialization.from_bytes(target, (directory / PARAMS_FILE).read_bytes())
+    params = serialization.from_bytes(target, fileio.read_bytes(fileio.join(path, PARAMS_FILE)))
     return OfflineExtractor(info["name"], module, params, info["image_shape"], info)

@@ -13,6 +13,7 @@ from collections.abc import Callable
 from typing import Any
 
 import flax.linen as nn
+import jax
 import numpy as np
 from jax import Array
 from jax import numpy as jnp
@@ -148,8 +149,46 @@ def get_model(config) -> nn.Module:
     return MODELS[name](config)
 
 
+COMPUTE_DTYPES = {"float32": None, "bfloat16": jnp.bfloat16}
+
+
+def compute_dtype(name: str | None):
+    """The dtype of a `*.compute_dtype` config field (None = float32, the models' own).
+
+    Raises:
+      ValueError: a name other than those of `COMPUTE_DTYPES`.
+    """
+    if name in (None, "", "float32"):
+        return None
+    if name not in COMPUTE_DTYPES:
+        raise ValueError(f"compute_dtype={name!r} is not one of {sorted(COMPUTE_DTYPES)}.")
+    return COMPUTE_DTYPES[name]
+
+
+def _cast_floats(tree, dtype):
+    return jax.tree.map(
+        lambda a: a.astype(dtype) if jnp.issubdtype(jnp.result_type(a), jnp.floating) else a, tree
+    )
+
+
+def _cast_module_outputs(dtype):
+    """A flax method interceptor: every submodule's float output is cast to `dtype`, so that
+    activations stay in `dtype` where they meet float32 values (the time embedding, computed
+    from float32 labels)."""
+
+    def interceptor(next_fun, args, kwargs, context):
+        out = next_fun(*args, **kwargs)
+        return _cast_floats(out, dtype) if context.method_name == "__call__" else out
+
+    return interceptor
+
+
 def get_model_fn(
-    model: nn.Module, params: Any, states: dict[str, Any] | None = None, train: bool = False
+    model: nn.Module,
+    params: Any,
+    states: dict[str, Any] | None = None,
+    train: bool = False,
+    dtype=None,
 ) -> Callable[..., Array]:
     """Binds `model` to its params: `model_fn(x, labels, key=None) -> output`.
 
@@ -160,18 +199,32 @@ def get_model_fn(
         mutable state, so unlike the original `model_fn` returns the output alone, not
         `(output, states)`).
       train: training mode (dropout on; then `key` is the dropout key and is required).
+      dtype: mixed precision (e.g. `jnp.bfloat16`): the float params and `x` are cast to it
+        inside the call (the caller keeps float32 master params: gradients flow back through
+        the cast), every submodule's output too, and the output is cast back to float32. The
+        labels stay float32, so the time / noise-level embeddings are computed in float32
+        (bfloat16 cannot even represent 999 t to the step); flax's GroupNorm computes its
+        statistics in float32. None: the model's own float32.
 
     Returns:
       `model_fn(x, labels, key=None)`.
     """
+
+    def apply(variables, x, labels, **kwargs):
+        if dtype is None:
+            return model.apply(variables, x, labels, **kwargs)
+        with nn.intercept_methods(_cast_module_outputs(dtype)):
+            out = model.apply(_cast_floats(variables, dtype), x.astype(dtype), labels, **kwargs)
+        return out.astype(x.dtype)
+
     variables = {"params": params, **(states or {})}
 
     def model_fn(x: Array, labels: Array, key: Array | None = None) -> Array:
         if not train:
-            return model.apply(variables, x, labels, train=False)
+            return apply(variables, x, labels, train=False)
         if key is None:
             raise ValueError("train=True needs a dropout key: model_fn(x, labels, key)")
-        return model.apply(variables, x, labels, train=True, rngs={"dropout": key})
+        return apply(variables, x, labels, train=True, rngs={"dropout": key})
 
     return model_fn
 
@@ -183,6 +236,7 @@ def get_score_fn(
     states: dict[str, Any] | None = None,
     train: bool = False,
     continuous: bool = False,
+    dtype=None,
 ) -> Callable[..., Array]:
     """Wraps a score network as the score `s(x, t) ~ grad_x log p_t(x)` of `sde`.
 
@@ -193,14 +247,18 @@ def get_score_fn(
     * VE: the network is the score (divided by sigma inside, via `scale_by_sigma`). Continuous
       models take `labels = sigma(t)`; discrete ones the index `round((T - t) (N - 1))` into
       the descending sigmas (t = T is label 0 = sigma_max).
+    * The tutorial's VE SDE (`TutorialVESDE`, continuous only): as continuous VE, `labels =
+      std(t)` = `sqrt((sigma^(2t) - 1) / (2 ln sigma))`; with `scale_by_sigma` the network
+      output is divided by std(t), which is the tutorial ScoreNet's `h / marginal_prob_std(t)`.
 
     Args:
-      sde: an `sde_lib.VPSDE`, `subVPSDE` or `VESDE`.
+      sde: an `sde_lib.VPSDE`, `subVPSDE`, `VESDE` or `TutorialVESDE`.
       model: the Flax score network.
       params: its params.
       states: other variable collections (read-only).
       train: training mode (dropout on; `score_fn` then needs `key`).
       continuous: the model was trained with continuous time.
+      dtype: the network's activation dtype (`get_model_fn`); the score is float32 either way.
 
     Returns:
       `score_fn(x, t, key=None)` with `x` [B, ...] and `t` [B].
@@ -208,7 +266,7 @@ def get_score_fn(
     Raises:
       NotImplementedError: an SDE class other than the three above.
     """
-    model_fn = get_model_fn(model, params, states, train=train)
+    model_fn = get_model_fn(model, params, states, train=train, dtype=dtype)
 
     if isinstance(sde, (sde_lib.VPSDE, sde_lib.subVPSDE)):
         discrete = not continuous and not isinstance(sde, sde_lib.subVPSDE)
@@ -224,6 +282,18 @@ def get_score_fn(
                 std = table[labels.astype(jnp.int32)]
             out = model_fn(x, labels, key)
             return -out / sde_lib.batch_bcast(std, x)
+
+    elif isinstance(sde, sde_lib.TutorialVESDE):
+        if not continuous:
+            raise ValueError(
+                "TutorialVESDE has no discrete noise table: train it with training.continuous=True"
+            )
+
+        def score_fn(x: Array, t: Array, key: Array | None = None) -> Array:
+            # As continuous VE: the labels are the marginal std, and a `scale_by_sigma` network
+            # divides its output by them (the tutorial's ScoreNet divides by std(t) too).
+            labels = sde.marginal_prob(jnp.zeros_like(x), t)[1]
+            return model_fn(x, labels, key)
 
     elif isinstance(sde, sde_lib.VESDE):
 

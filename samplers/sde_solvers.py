@@ -4,7 +4,9 @@ The reverse SDE `dx = [f - g^2 s] dt + g(t) dw` of every SDE in `sde_lib` has ad
 diffusion `g(t)` depends on t only. Two-stage stochastic Runge-Kutta methods then reach strong
 order 1.5 (Rossler's SRA1) or weak order 2 (the stochastic Heun / improved Euler method), and the
 difference between Heun and Euler-Maruyama is a cheap local error estimate for adaptive steps
-(Jolicoeur-Martineau et al. 2021).
+(Jolicoeur-Martineau et al. 2021). Platen's derivative-free Milstein scheme (strong order 1.0
+for any noise) is here too: its correction term vanishes for additive noise, so on these reverse
+SDEs it is Euler-Maruyama exactly (one score evaluation per step).
 
 Pure math on arrays: the low-level steps take `drift_fn(x, t)`, `diffusion_fn(t)` and a signed
 step `dt` (negative in reverse time), so they serve any additive-noise SDE; the predictors take
@@ -15,7 +17,8 @@ References:
   Rossler. Runge-Kutta methods for the strong approximation of solutions of stochastic
   differential equations. SIAM J. Numer. Anal. 48(3), 2010 (SRA schemes, coefficients SRA1).
   Kloeden, Platen. Numerical Solution of Stochastic Differential Equations. Springer 1992
-  (Sec. 10.4: I_(1,0); Sec. 15.1: explicit order 2.0 weak schemes).
+  (Sec. 10.4: I_(1,0); Sec. 11.1: explicit order 1.0 strong schemes (Platen); Sec. 15.1:
+  explicit order 2.0 weak schemes).
   Jolicoeur-Martineau, Li, Piche-Taillefer, Kachman, Mitliagkas. Gotta Go Fast When Generating
   Data with Score-Based Models. arXiv:2105.14080, Algorithm 1.
 """
@@ -112,6 +115,50 @@ def sra1_step(
     return x_mean + noise, x_mean
 
 
+def platen_step(
+    drift_fn: DriftFn,
+    diffusion_fn: Callable[[Array, Array], Array],
+    x: Array,
+    t: Array,
+    dt: Array,
+    z: Array,
+) -> tuple[Array, Array]:
+    """Platen's explicit strong order 1.0 scheme (derivative-free Milstein), any noise.
+
+    With `h = |dt|`, `dW = sqrt(h) z` and the supporting value `y = x + b(x, t) sqrt(h)`:
+      x' = x + a(x, t) dt + b(x, t) dW + [b(y, t) - b(x, t)] (dW^2 - h) / (2 sqrt(h)),
+    where `(dW^2 - h) / (2 sqrt(h)) = sqrt(h) (z^2 - 1) / 2`. The bracket is a finite difference
+    for Milstein's `b b' (dW^2 - h) / 2`; for additive noise (`b` independent of x, every SDE of
+    `sde_lib`) it is exactly 0 and the step is the Euler-Maruyama step, term for term and with
+    the same rounding. Diagonal noise: `b` acts elementwise.
+
+    Args:
+      drift_fn: `a(x, t)`, shaped like x.
+      diffusion_fn: `b(x, t)`, shaped like x or `[B]` (then broadcast per example).
+      x: `[B, ...]`. t: `[B]` or scalar. dt: signed step, scalar or `[B]`.
+      z: standard normal draws shaped like x (the increment is `sqrt(|dt|) z`).
+
+    Returns:
+      `(x_next, x_mean)`, `x_mean = x + a dt` (no noise terms).
+
+    References:
+      Kloeden, Platen 1992, Sec. 11.1 (explicit order 1.0 strong schemes).
+    """
+
+    def b(y):
+        v = diffusion_fn(y, t)
+        return v if v.shape == y.shape else batch_bcast(v, y)
+
+    sqrt_h = batch_bcast(jnp.sqrt(jnp.abs(dt)), x)
+    b_x = b(x)
+    # Euler-Maruyama part, in the order of sampling.euler_maruyama_step (same rounding).
+    x_mean = x + drift_fn(x, t) * batch_bcast(dt, x)
+    x_next = x_mean + b_x * sqrt_h * z
+    # Milstein correction by a finite difference at the supporting value (no derivative of b).
+    correction = (b(x + b_x * sqrt_h) - b_x) * sqrt_h * (z**2 - 1.0) / 2.0
+    return x_next + correction, x_mean
+
+
 class HeunStep(NamedTuple):
     """Result of `stochastic_heun_step`."""
 
@@ -188,6 +235,19 @@ def sra1_update(key, x, t, *, sde, score_fn, probability_flow=False):
     return sra1_step(drift_fn, diffusion_fn, x, t, dt, dW, dZ)
 
 
+def platen_update(key, x, t, *, sde, score_fn, probability_flow=False):
+    """Platen's strong order 1.0 step of the reverse SDE, `dt = -1/N` (one score evaluation).
+
+    The reverse diffusion `g(t)` does not depend on x, so the supporting value costs no score
+    call and the Milstein correction is exactly 0: with the noise `sqrt(1/N) z` of the same key
+    this is `sampling.euler_maruyama_update`, step for step (tests/test_sde_solvers.py).
+    """
+    drift_fn, diffusion_fn = _reverse_fns(sde, score_fn, x, probability_flow)
+    # The step and noise of euler_maruyama_update: dt = -1/N, z ~ N(0, I) from the same key.
+    z = jax.random.normal(key, x.shape, x.dtype)
+    return platen_step(drift_fn, lambda y, s: diffusion_fn(s), x, t, -1.0 / sde.N, z)
+
+
 def stochastic_heun_update(key, x, t, *, sde, score_fn, probability_flow=False):
     """Stochastic Heun step of the reverse SDE (weak order 2; two score evaluations),
     `dt = -1/N`; Heun's method on the probability-flow ODE with `probability_flow=True`."""
@@ -199,7 +259,7 @@ def stochastic_heun_update(key, x, t, *, sde, score_fn, probability_flow=False):
 
 
 # Score evaluations per predictor step (sampling.PREDICTOR_NFE reads these).
-NFE_PER_STEP = {"sra1": 2, "stochastic_heun": 2}
+NFE_PER_STEP = {"sra1": 2, "stochastic_heun": 2, "platen": 1}
 
 
 # --------------------------------------------------------------------------------------------

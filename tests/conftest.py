@@ -8,6 +8,9 @@ import sys
 os.environ.setdefault("XLA_FLAGS", "--xla_force_host_platform_device_count=8")
 os.environ.setdefault("JAX_PLATFORMS", "cpu")
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+# etils.epath decides once per process (functools.cache) whether gs:// goes through
+# TensorFlow's gfile, which ignores the GCS emulator of the `gcs_emulator` fixture: fsspec.
+os.environ.setdefault("EPATH_USE_TF", "false")
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
 if str(ROOT) not in sys.path:
@@ -37,3 +40,24 @@ _CACHE = ROOT / ".pytest_cache" / "jax_compilation_cache"
 os.environ.setdefault("JAX_COMPILATION_CACHE_DIR", str(_CACHE))
 jax.config.update("jax_compilation_cache_dir", os.environ["JAX_COMPILATION_CACHE_DIR"])
 jax.config.update("jax_persistent_cache_min_compile_time_secs", 0.5)
+
+
+@pytest.fixture(scope="session")
+def gcs_emulator(tmp_path_factory):
+    """A local GCS emulator (tests/gcs_emulator.py) with bucket `test-bucket`; this process's
+    environment points gcsfs, tensorstore and etils.epath at it for the rest of the session.
+    Skips when gcp-storage-emulator or gcsfs is not installed."""
+    import gcs_emulator
+
+    missing = gcs_emulator.available()
+    if missing:
+        pytest.skip(missing)
+    folder = tmp_path_factory.mktemp("gcs_emulator")
+    emulator = gcs_emulator.Emulator(str(folder / "data"), str(folder / "emulator.log"))
+    with pytest.MonkeyPatch.context() as mp:
+        for name, value in emulator.env.items():
+            mp.setenv(name, value)
+        try:
+            yield emulator
+        finally:
+            emulator.stop()

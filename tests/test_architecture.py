@@ -1,13 +1,13 @@
 """The layout's rules, checked on the project's source with `ast` (nothing is imported).
 
 Layers, lowest first; an import may point down or sideways, never up:
-  0 base         utils, sde_lib, configs
+  0 base         fileio, utils, sde_lib, configs
   1 networks     models
   2 math         losses, sampling, likelihood, samplers, controllable_generation
   3 data/metrics datasets, datasets_offline, evaluation
   4 runtime      training
   5 orchestration run_lib, experiments
-  6 command line main, sweep (and every `if __name__ == "__main__":` block)
+  6 command line main, cli_checks, sweep (and every `if __name__ == "__main__":` block)
 Rules: no import cycles; no import against the layer order; no module uses another module's
 `_private` name; project imports sit at module level (the command line excepted); importing a
 module changes nothing global (no top-level calls, no assignments into other modules, no
@@ -28,6 +28,7 @@ import pytest
 ROOT = pathlib.Path(__file__).resolve().parents[1]
 SKIP_DIRS = {"tests", "bench", "runs", "docs", "scripts", ".venv", "venv", "build"}
 LAYERS = {
+    "fileio": 0,  # the path layer: local disks and object stores (gs://)
     "utils": 0,
     "sde_lib": 0,
     "configs": 0,
@@ -44,6 +45,7 @@ LAYERS = {
     "run_lib": 5,
     "experiments": 5,
     "main": 6,
+    "cli_checks": 6,  # main.py's checks before the heavy imports
     "sweep": 6,
 }
 CLI_LAYER = 6

@@ -16,7 +16,7 @@ import pytest
 CONFIGS_DIR = pathlib.Path(__file__).resolve().parents[1] / "configs"
 
 # Names the rest of the code base accepts (score_sde's registries).
-SDES = {"vesde", "vpsde", "subvpsde"}
+SDES = {"vesde", "vpsde", "subvpsde", "tutorialvesde"}
 MODELS = {"ncsnpp", "ddpm", "ncsn", "ncsnv2_64", "ncsnv2_128", "ncsnv2_256"}
 PREDICTORS = {"euler_maruyama", "reverse_diffusion", "ancestral_sampling", "none"}
 CORRECTORS = {"langevin", "ald", "none"}
@@ -69,14 +69,17 @@ def flat(config):
 
 
 def test_discovery_finds_every_config():
-    # 42 original experiment configs - 3 defaults + 4 tiny testing configs + 1 demo config.
-    assert len(EXPERIMENTS) == 44, EXPERIMENTS
+    # 42 original experiment configs - 3 defaults + 4 tiny testing configs + 1 demo config
+    # + 2 tutorial-SDE configs (sigma 25 and 50).
+    assert len(EXPERIMENTS) == 46, EXPERIMENTS
     assert sum(e.startswith("demo.") for e in EXPERIMENTS) == 1
+    assert sum(e.startswith("tutorial.") for e in EXPERIMENTS) == 2
     assert len(DEFAULT_MODULES) == 4, DEFAULT_MODULES
     assert sum(e.startswith("testing.") for e in EXPERIMENTS) == 4
     # DDLS: two DCGAN configs and their tiny testing variant.
     assert sorted(GAN_EXPERIMENTS) == [
         "ddls.cifar10_dcgan",
+        "ddls.cifar10_dcgan_pretrained",
         "ddls.fashion_mnist_dcgan",
         "testing.dcgan_tiny",
     ]
@@ -336,7 +339,9 @@ def test_paper_value(name, key, expected):
 
 def test_expected_table_covers_every_original_config():
     originals = {
-        e.replace(".", "/") for e in EXPERIMENTS if not e.startswith(("testing.", "demo."))
+        e.replace(".", "/")
+        for e in EXPERIMENTS
+        if not e.startswith(("testing.", "demo.", "tutorial."))
     }
     assert set(EXPECTED) == originals
 
@@ -356,6 +361,8 @@ EMA_EXCEPTIONS = {
     "ve/ncsn/celeba_124": 0.0,
     # Project demo: a 1500-step run needs a shorter EMA horizon.
     "demo/fashion_mnist_ddpmpp": 0.995,
+    "tutorial/fashion_mnist_sigma25": 0.995,
+    "tutorial/fashion_mnist_sigma50": 0.995,
 }
 
 
@@ -576,7 +583,12 @@ def test_get_config_returns_fresh_objects():
 # --------------------------------------------------------------------------------------------
 # DDLS: DCGAN configs (experiments.gan.train, experiments.ddls.run_ddls).
 
-DCGAN = ["ddls/cifar10_dcgan", "ddls/fashion_mnist_dcgan", "testing/dcgan_tiny"]
+DCGAN = [
+    "ddls/cifar10_dcgan",
+    "ddls/fashion_mnist_dcgan",
+    "testing/dcgan_tiny",
+    "ddls/cifar10_dcgan_pretrained",
+]
 
 
 @pytest.mark.parametrize("name", DCGAN)
@@ -621,7 +633,7 @@ def test_dcgan_config_values(name, fields):
 
 def test_dcgan_configs_share_one_key_tree_and_tiny_only_shrinks():
     trees = [set(flat(get(name))) for name in DCGAN]
-    assert trees[0] == trees[1] == trees[2]
+    assert all(tree == trees[0] for tree in trees)
     small, big = flat(get("testing/dcgan_tiny")), flat(get("ddls/cifar10_dcgan"))
     changed = {k for k in small if small[k] != big[k]}
     assert {k.split(".")[0] for k in changed} <= {"training", "data", "model", "eval", "ddls"}

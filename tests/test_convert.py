@@ -388,14 +388,16 @@ def test_pth_file_to_orbax_checkpoint_end_to_end(shared_dir, tmp_path):
         jax_ckpt=None,
         use_ema=True,
     )
-    assert directory.endswith(os.path.join("checkpoints", "5"))
+    # A bare state dict has no step: checkpoint_5 is ckpt 5, stored at 5 * snapshot_freq.
+    step = 5 * config.training.snapshot_freq
+    assert directory.endswith(os.path.join("checkpoints", str(step)))
     restored = convert.load_converted(tmp_path / "w")
-    assert int(restored["step"]) == 5 and "opt_state" not in restored
+    assert int(restored["step"]) == step and "opt_state" not in restored
     expected = convert.from_pytorch(state_dict, config)["params"]
     jax.tree.map(np.testing.assert_array_equal, restored["params"], expected)
     jax.tree.map(np.testing.assert_array_equal, restored["ema_params"], expected)
-    with pytest.raises(FileExistsError, match="already has step 5"):
-        convert.save_converted(tmp_path / "w", {"params": expected}, 5)
+    with pytest.raises(FileExistsError, match=f"already has step {step}"):
+        convert.save_converted(tmp_path / "w", {"params": expected}, step)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -466,3 +468,103 @@ def test_flax_msgpack_refuses_mismatched_checkpoint(tmp_path):
     data = serialization.msgpack_serialize(_flax031_state(params))
     with pytest.raises(convert.ConversionError, match=r"params/Conv_0/kernel.*\(3, 3, 3, 8\).*16"):
         convert.from_flax_msgpack(data, config)
+
+
+# ---------------------------------------------------------------------------------------------
+# Converted checkpoints through evaluation: the originals' checkpoint_k is ckpt k.
+# ---------------------------------------------------------------------------------------------
+
+
+def _write_pytorch_checkpoint(path, state_dict, step):
+    """A score_sde_pytorch `checkpoint_k.pth` as its loop saves it (DataParallel, EMA, step)."""
+    writer = _PthWriter()
+    shadow = [writer.tensor(v) for k, v in state_dict.items() if k != "sigmas"]
+    model = collections.OrderedDict(
+        (f"module.{k}", writer.tensor(v)) for k, v in state_dict.items()
+    )
+    writer.write(path, {
+        "optimizer": {"state": {}, "param_groups": []},
+        "model": model,
+        "ema": {"decay": 0.9999, "num_updates": step, "shadow_params": shadow},
+        "step": step,
+    })  # fmt: skip
+
+
+def _evaluate_only(config, ckpt):
+    config.eval.begin_ckpt = config.eval.end_ckpt = ckpt
+    config.eval.enable_loss = config.eval.enable_bpd = config.eval.enable_sampling = False
+    return config
+
+
+def test_pytorch_checkpoint_k_is_evaluated_as_ckpt_k(shared_dir, tmp_path):
+    import run_lib
+
+    config, state_dict, _ = _load_fixture(shared_dir, "ddpm_small")
+    freq = config.training.snapshot_freq  # 50000, as the paper's configs
+    path = tmp_path / "checkpoint_26.pth"
+    _write_pytorch_checkpoint(path, state_dict, 26 * freq + 1)  # saved after the increment
+    workdir = str(tmp_path / "w")
+    directory = convert.convert_main(
+        config, workdir, pytorch=str(path), jax_ckpt=None, use_ema=True
+    )
+    assert directory.endswith(os.path.join("checkpoints", str(26 * freq)))
+    record = json.loads((tmp_path / "w" / "converted.json").read_text())[str(26 * freq)]
+    assert record["source_step"] == 26 * freq + 1 and record["source"] == str(path)
+    (report,) = run_lib.evaluate(_evaluate_only(config, 26), workdir)
+    assert report == {"ckpt": 26, "step": 26 * freq}
+
+
+@pytest.mark.parametrize(
+    "source_step, name, expected",
+    [
+        (26 * 50000 + 1, "checkpoint_26.pth", 26 * 50000),  # score_sde_pytorch
+        (26 * 50000 + 5, "checkpoint_26", 26 * 50000),  # JAX original, n_jitted_steps 5
+        (26 * 50000 + 5, "checkpoint_130", 26 * 50000),  # its checkpoints-meta numbering
+        (26 * 50000, "checkpoint_26", 26 * 50000),
+        (1_310_001, "checkpoint_131", 1_310_001),  # a preemption checkpoint: kept as is
+        (None, "checkpoint_1.pth", 50000),  # a bare state dict: k from the name
+        (None, "model.pth", 0),
+    ],
+)
+def test_checkpoint_step_maps_the_originals_numbering(source_step, name, expected):
+    config = ml_collections.ConfigDict({"training": {"snapshot_freq": 50000, "n_jitted_steps": 5}})
+    assert convert.checkpoint_step(source_step, f"/x/{name}", config)[0] == expected
+
+
+@pytest.mark.slow  # two main.py runs (~50 s on 2 busy cores); the mapping is tested above
+def test_flax_checkpoint_k_through_the_command_line(tmp_path):
+    """`checkpoint_2` (flax 0.3.1, step 2 * snapshot_freq + 1) -> models.convert -> main.py
+    --mode eval --config.eval.begin_ckpt=2; ckpt 3, which does not exist, is one line."""
+    import subprocess
+    import sys
+
+    from configs.testing import ncsnpp_tiny
+
+    config = ncsnpp_tiny.get_config()
+    freq = config.training.snapshot_freq
+    template = convert.params_template(config)
+    params = jax.tree.map(lambda s: np.zeros(s.shape, s.dtype), template)
+    path = tmp_path / "checkpoint_2"
+    path.write_bytes(serialization.msgpack_serialize(_flax031_state(params, step=2 * freq + 1)))
+    workdir = tmp_path / "w"
+    convert.convert_main(config, str(workdir), pytorch=None, jax_ckpt=str(path), use_ema=True)
+    root = pathlib.Path(__file__).resolve().parents[1]
+    env = dict(
+        os.environ, JAX_PLATFORMS="cpu", XLA_FLAGS="--xla_force_host_platform_device_count=1"
+    )
+
+    def evaluate(ckpt):
+        cmd = [sys.executable, str(root / "main.py"), "--mode=eval", f"--workdir={workdir}",
+               f"--config={root / 'configs/testing/ncsnpp_tiny.py'}",
+               f"--config.eval.begin_ckpt={ckpt}", f"--config.eval.end_ckpt={ckpt}",
+               "--config.eval.enable_loss=False"]  # fmt: skip
+        return subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=300)
+
+    done = evaluate(2)
+    assert done.returncode == 0, done.stderr[-2000:]
+    report = json.loads((workdir / "eval" / "report_2.json").read_text())
+    assert report == {"ckpt": 2, "step": 2 * freq}
+    done = evaluate(3)
+    assert done.returncode != 0
+    (line,) = [x for x in done.stderr.splitlines() if x.startswith("main.py:")]
+    assert f"has steps [{2 * freq}]" in line, line

@@ -6,6 +6,7 @@ simulated devices equals the single-device step; evaluate() end to end (loss, bp
 and its resumption.
 """
 
+import json
 import os
 import shutil
 import signal
@@ -125,6 +126,75 @@ def test_corrupt_latest_checkpoint_is_skipped(tmp_path, six_step_run, caplog):
     state, step = checkpoints.restore_latest_good(manager, abstract, tx)
     assert step == 3 and int(state.step) == 3
     assert "could not be restored" in caplog.text
+
+
+def _truncate_data_files(folder):
+    for root, _, names in os.walk(folder):
+        for name in names:
+            path = os.path.join(root, name)
+            if os.path.getsize(path) > 16 and "METADATA" not in name:
+                with open(path, "r+b") as f:
+                    f.truncate(8)
+
+
+def test_corrupt_checkpoint_is_moved_aside_and_written_again(tmp_path, data_path, six_step_run):
+    workdir = tmp_path / "rewrite"
+    shutil.copytree(six_step_run, workdir)
+    _truncate_data_files(workdir / "checkpoints" / "6")
+    run_lib.train(tiny_config(data_path), str(workdir))  # restores 3, passes step 6 again
+    names = sorted(os.listdir(workdir / "checkpoints"))
+    assert names[:2] == ["3", "6"] and len(names) == 3 and names[2].startswith("6.corrupt-")
+    resumed, full = _params(workdir), _params(six_step_run)
+    assert int(resumed.step) == 6
+    for a, b in zip(jax.tree.leaves(resumed.params), jax.tree.leaves(full.params), strict=True):
+        np.testing.assert_array_equal(a, b)
+    # metrics.jsonl: steps 4-6 were logged before the resume; each is in the file once.
+    lines = [json.loads(line) for line in open(workdir / "metrics.jsonl")]
+    keys = [(r["step"], k) for r in lines for k in r if k not in ("step", "time")]
+    assert len(keys) == len(set(keys))
+    assert [r["step"] for r in lines if "training_loss" in r] == [1, 2, 3, 4, 5, 6]
+    assert not (workdir / "train.lock").exists()
+
+
+def _eval_only_config(data_path, begin, end):
+    return tiny_config(data_path, **{
+        "eval.begin_ckpt": begin, "eval.end_ckpt": end, "eval.enable_loss": False,
+        "eval.enable_bpd": False, "eval.enable_sampling": False, "eval.wait_timeout": 60.0,
+    })  # fmt: skip
+
+
+def test_evaluate_reports_a_corrupt_checkpoint_and_goes_on(tmp_path, data_path, six_step_run,
+                                                           caplog):  # fmt: skip
+    workdir = tmp_path / "eval_corrupt"
+    shutil.copytree(six_step_run, workdir)
+    _truncate_data_files(workdir / "checkpoints" / "3")
+    start = time.time()
+    reports = run_lib.evaluate(_eval_only_config(data_path, 1, 2), str(workdir))
+    assert [(r["ckpt"], r["step"]) for r in reports] == [(2, 6)]
+    assert "Checkpoint 1 (step 3)" in caplog.text and "is corrupt, skipped" in caplog.text
+    assert "3" in os.listdir(workdir / "checkpoints")  # evaluation never moves checkpoints
+    # No trainer holds the workdir: a missing step is not waited for, and nothing to
+    # evaluate is an error that lists the steps there are.
+    with pytest.raises(FileNotFoundError, match=r"has steps \[3, 6\]; corrupt: steps \[3\]"):
+        run_lib.evaluate(_eval_only_config(data_path, 1, 1), str(workdir), "eval_1")
+    with pytest.raises(FileNotFoundError, match=r"are steps 15..15 .* has steps \[3, 6\]"):
+        run_lib.evaluate(_eval_only_config(data_path, 5, 5), str(workdir), "eval_5")
+    assert time.time() - start < 60  # eval.wait_timeout is 60 s: nothing waited
+
+
+def test_evaluate_refuses_a_workdir_without_checkpoints(tmp_path, data_path):
+    workdir = tmp_path / "nothing"
+    with pytest.raises(FileNotFoundError, match="No checkpoint in .* no training holds"):
+        run_lib.evaluate(_eval_only_config(data_path, 1, 1), str(workdir))
+    assert not workdir.exists()
+
+
+def test_checkpoint_of_another_model_is_refused_not_skipped(tmp_path, data_path, six_step_run):
+    workdir = tmp_path / "other_model"
+    shutil.copytree(six_step_run, workdir)
+    with pytest.raises(checkpoints.CheckpointMismatchError, match="shape .* in the checkpoint"):
+        run_lib.train(tiny_config(data_path, **{"model.nf": 32}), str(workdir))
+    assert sorted(os.listdir(workdir / "checkpoints")) == ["3", "6"]  # nothing moved aside
 
 
 def test_non_finite_loss_stops_and_keeps_last_good_checkpoint(tmp_path, data_path, monkeypatch):

@@ -12,8 +12,9 @@ ALL_SDES = [
     sde_lib.VESDE(sigma_min=0.01, sigma_max=50.0, N=1000),
     sde_lib.VPSDE(beta_min=0.1, beta_max=20.0, N=1000),
     sde_lib.subVPSDE(beta_min=0.1, beta_max=20.0, N=1000),
+    sde_lib.TutorialVESDE(sigma=25.0, N=1000),
 ]
-IDS = ["ve", "vp", "subvp"]
+IDS = ["ve", "vp", "subvp", "tutorial_ve"]
 
 
 def _coeffs(sde, t):
@@ -68,7 +69,9 @@ def test_reverse_drifts(sde, key):
     np.testing.assert_array_equal(rev_G, jnp.zeros_like(Gd))
 
 
-@pytest.mark.parametrize("cls", [sde_lib.VESDE, sde_lib.VPSDE, sde_lib.subVPSDE])
+@pytest.mark.parametrize(
+    "cls", [sde_lib.VESDE, sde_lib.VPSDE, sde_lib.subVPSDE, sde_lib.TutorialVESDE]
+)
 def test_discretize_converges_to_sde_dt(cls):
     """f_i -> f dt and G_i -> g sqrt(dt) as N grows (dt = 1/N); the error falls with N."""
     with jax.enable_x64():
@@ -80,7 +83,7 @@ def test_discretize_converges_to_sde_dt(cls):
             f, G = sde.discretize(x, t)
             drift, g = sde.sde(x, t)
             err_g = np.max(np.abs(np.asarray(G) / np.asarray(g * np.sqrt(1.0 / n)) - 1))
-            if isinstance(sde, sde_lib.VESDE):
+            if isinstance(sde, (sde_lib.VESDE, sde_lib.TutorialVESDE)):
                 err_f = float(np.max(np.abs(f)))  # both are exactly zero
             else:
                 err_f = np.max(np.abs(np.asarray(f) / np.asarray(drift / n) - 1))
@@ -131,7 +134,8 @@ def test_timestep_floors_like_the_original():
 @pytest.mark.parametrize("sde", ALL_SDES, ids=IDS)
 def test_prior_logp_matches_scipy_norm(sde, key):
     z = sde.prior_sampling(key, (5, 3, 4, 2))
-    scale = sde.sigma_max if isinstance(sde, sde_lib.VESDE) else 1.0
+    scale = {sde_lib.VESDE: "sigma_max", sde_lib.TutorialVESDE: "prior_std"}.get(type(sde))
+    scale = getattr(sde, scale) if scale else 1.0
     expected = jax.scipy.stats.norm.logpdf(z, 0.0, scale).reshape(5, -1).sum(-1)
     np.testing.assert_allclose(sde.prior_logp(z), expected, rtol=1e-5)
     np.testing.assert_allclose(jnp.std(z), scale, rtol=0.15)
@@ -148,7 +152,8 @@ def test_subvp_std_is_variance_of_vp_without_sqrt():
 
 def test_get_sde_and_errors():
     assert sde_lib.get_sde("VPSDE", N=10) == sde_lib.VPSDE(N=10)
-    with pytest.raises(ValueError, match=r"valid names: \['subvpsde', 'vesde', 'vpsde'\]"):
+    valid = r"valid names: \['subvpsde', 'tutorialvesde', 'vesde', 'vpsde'\]"
+    with pytest.raises(ValueError, match=valid):
         sde_lib.get_sde("vesd")
     with pytest.raises(ValueError, match=r"t must have shape \(batch,\) = \(3,\).*\(2,\)"):
         sde_lib.VPSDE().marginal_prob(jnp.ones((3, 2)), jnp.ones((2,)))
@@ -165,3 +170,44 @@ def test_sdes_are_hashable_static_args():
     np.testing.assert_allclose(
         f(sde, jnp.ones((2, 2))), sde.marginal_prob(jnp.ones((2, 2)), jnp.ones(2))[1]
     )
+
+
+# --------------------------------------------------------------------------------------------
+# The score-SDE tutorial's VE SDE, dx = sigma^t dw.
+
+
+@pytest.mark.parametrize("sigma", [25.0, 50.0])
+def test_tutorial_ve_closed_forms(sigma):
+    """g(t) = sigma^t, std(t) = sqrt((sigma^(2t) - 1) / (2 ln sigma)), mean x, prior std std(1)."""
+    with jax.enable_x64():
+        sde = sde_lib.get_sde("tutorialvesde", sigma=sigma, N=500)
+        t = jnp.asarray([1e-5, 1e-3, 0.1, 0.5, 1.0])
+        x = jnp.full((5, 2), 0.3, jnp.float64)
+        drift, g = sde.sde(x, t)
+        np.testing.assert_array_equal(drift, 0.0)
+        np.testing.assert_allclose(g, sigma ** np.asarray(t), rtol=1e-12)
+        mean, std = sde.marginal_prob(x, t)
+        np.testing.assert_array_equal(mean, x)
+        expected = np.sqrt((sigma ** (2 * np.asarray(t)) - 1) / (2 * np.log(sigma)))
+        np.testing.assert_allclose(std, expected, rtol=1e-9)  # expm1 keeps small t exact
+        assert sde.prior_std == pytest.approx(expected[-1], rel=1e-12)
+        # The tutorial's prior std: 9.85 (sigma 25), 17.87 (sigma 50).
+        assert sde.prior_std == pytest.approx({25.0: 9.8454, 50.0: 17.872}[sigma], rel=1e-4)
+
+
+def test_tutorial_ve_discretize_is_the_exact_transition():
+    """G^2 = std(t)^2 - std(t - 1/N)^2, with t - 1/N clipped at 0 on the first step."""
+    with jax.enable_x64():
+        sde = sde_lib.TutorialVESDE(sigma=25.0, N=10)
+        t = jnp.asarray([0.05, 0.1, 0.55, 1.0])
+        x = jnp.ones((4, 3), jnp.float64)
+        f, G = sde.discretize(x, t)
+        var = lambda s: (25.0 ** (2 * s) - 1) / (2 * np.log(25.0))
+        prev = np.maximum(np.asarray(t) - 0.1, 0.0)
+        np.testing.assert_allclose(np.asarray(G) ** 2, var(np.asarray(t)) - var(prev), rtol=1e-10)
+        np.testing.assert_array_equal(f, 0.0)
+
+
+def test_tutorial_ve_refuses_sigma_at_most_one():
+    with pytest.raises(ValueError, match="sigma > 1"):
+        sde_lib.TutorialVESDE(sigma=1.0)

@@ -9,7 +9,6 @@ flag), turns SIGTERM / SIGINT into a checkpoint and a clean exit, and shows a pr
 
 from __future__ import annotations
 
-import dataclasses
 import signal
 import time
 from collections.abc import Callable, Iterator
@@ -20,6 +19,7 @@ from absl import logging
 
 import utils
 from training import checkpoints
+from training.schedule import Schedule  # noqa: F401 - re-exported: loop.Schedule
 
 
 class StopSignal:
@@ -48,51 +48,6 @@ class StopSignal:
 
 class NonFiniteError(FloatingPointError):
     """A loss or the parameters stopped being finite; nothing after the last good save is kept."""
-
-
-@dataclasses.dataclass(frozen=True)
-class Schedule:
-    """When the loop logs, evaluates and saves (all in optimizer steps).
-
-    Attributes:
-      n_iters: the step to train to.
-      log_freq: log the metrics every this many steps (and at the end).
-      snapshot_freq: keep a checkpoint and call `on_snapshot` every this many steps (and at
-        the end).
-      preemption_freq: save the latest checkpoint every this many steps.
-      eval_freq: call `on_eval` every this many steps (0: never).
-      steps_per_call: optimizer steps per `step_fn` call (`n_jitted_steps`).
-    """
-
-    n_iters: int
-    log_freq: int
-    snapshot_freq: int
-    preemption_freq: int
-    eval_freq: int = 0
-    steps_per_call: int = 1
-
-    def check(self, prefix: str = "config.training") -> None:
-        """Raises a ValueError naming the field unless every frequency fits the steps."""
-        n = self.steps_per_call
-        fields = {
-            "n_iters": self.n_iters,
-            "log_freq": self.log_freq,
-            "snapshot_freq": self.snapshot_freq,
-            "snapshot_freq_for_preemption": self.preemption_freq,
-        }
-        for name, value in fields.items():
-            if value <= 0:
-                raise ValueError(f"{prefix}.{name}={value} must be positive.")
-        if self.eval_freq < 0:
-            raise ValueError(f"{prefix}.eval_freq={self.eval_freq} must be >= 0.")
-        for name, value in {**fields, "eval_freq": self.eval_freq}.items():
-            if name != "n_iters" and value % n:
-                raise ValueError(
-                    f"{prefix}.{name}={value} must be a multiple of {prefix}.n_jitted_steps={n}"
-                )
-
-    def due(self, step: int, freq: int) -> bool:
-        return freq > 0 and step % freq == 0
 
 
 class _Pending:
@@ -173,40 +128,46 @@ def run(
         finite state is saved.
     """
     s = schedule
+    if writer is not None:
+        writer.drop_after(first_step)  # no step twice in metrics.jsonl after a resume
     pending = _Pending(nonfinite_hint)
     step, t_last, step_last = first_step, time.perf_counter(), first_step
     bar = utils.progress_bar(s.n_iters, first_step, desc)
     logging.info("Initial compilation, this may take a few minutes...")
-    with StopSignal() as stop:
-        while step < s.n_iters:
-            state, metrics = step_fn(state, next(batches))
-            pending.add(step, metrics)
-            step += s.steps_per_call
-            bar.update(s.steps_per_call)
-            done = step >= s.n_iters
-            if s.due(step, s.log_freq) or done:
-                last = pending.flush()
-                now = time.perf_counter()
-                rate = (step - step_last) / max(now - t_last, 1e-9)
-                t_last, step_last = now, step
-                bar.set_postfix(**{k: f"{v:.4g}" for k, v in last.items()})
-                extra = {"images_per_sec": rate * images_per_step} if images_per_step else {}
-                if writer is not None:
-                    writer.write(step, **last, steps_per_sec=rate, **extra)
-                logging.log_first_n(logging.INFO, "step %d compiled and ran.", 1, step)
-            if on_eval is not None and s.due(step, s.eval_freq):
-                on_eval(state, step)
-            snapshot = s.due(step, s.snapshot_freq) or done
-            if snapshot or s.due(step, s.preemption_freq) or stop.received:
-                pending.flush()  # never save a state that produced a non-finite value
-                if manager is not None:
-                    checkpoints.save_checkpoint(manager, state)
-                if snapshot and on_snapshot is not None:
-                    on_snapshot(state, step)
-            if stop.received:
-                logging.warning("Received %s: checkpoint saved at step %d, exiting.",
-                                stop.received, step)  # fmt: skip
-                break
-    pending.flush()
-    bar.close()
+    try:  # the bar is closed on an error too, so the error line starts a fresh line
+        with StopSignal() as stop:
+            while step < s.n_iters:
+                state, metrics = step_fn(state, next(batches))
+                pending.add(step, metrics)
+                step += s.steps_per_call
+                bar.update(s.steps_per_call)
+                done = step >= s.n_iters
+                if s.due(step, s.log_freq) or done:
+                    last = pending.flush()
+                    now = time.perf_counter()
+                    rate = (step - step_last) / max(now - t_last, 1e-9)
+                    t_last, step_last = now, step
+                    bar.set_postfix(**{k: f"{v:.4g}" for k, v in last.items()})
+                    extra = {"images_per_sec": rate * images_per_step} if images_per_step else {}
+                    if writer is not None:
+                        writer.write(step, **last, steps_per_sec=rate, **extra)
+                    logging.log_first_n(logging.INFO, "step %d compiled and ran.", 1, step)
+                if on_eval is not None and s.due(step, s.eval_freq):
+                    on_eval(state, step)
+                snapshot = s.due(step, s.snapshot_freq) or done
+                if snapshot or s.due(step, s.preemption_freq) or stop.received:
+                    pending.flush()  # never save a state that produced a non-finite value
+                    if manager is not None:
+                        checkpoints.save_checkpoint(manager, state)
+                    if writer is not None:
+                        writer.flush()  # remote workdirs: the lines up to this checkpoint
+                    if snapshot and on_snapshot is not None:
+                        on_snapshot(state, step)
+                if stop.received:
+                    logging.warning("Received %s: checkpoint saved at step %d, exiting.",
+                                    stop.received, step)  # fmt: skip
+                    break
+        pending.flush()
+    finally:
+        bar.close()
     return state

@@ -4,11 +4,15 @@ Shared by `run_lib.evaluate` and the sampler sweeps. Each round is saved to its 
 soon as it is done (atomically: written, then renamed), so a killed evaluation resumes at the
 first missing round and reproduces exactly what an uninterrupted one would have computed:
 round `r` always uses the key `fold_in(key, r)`.
+
+Files go through `fileio` (local or gs:// workdirs). Multi-host: process 0 alone writes the
+rounds, decides which are done and sends those to the other processes (`devices.main_bytes`),
+so every process runs the same sampling collectives, even on hosts with their own disks.
 """
 
 from __future__ import annotations
 
-import os
+import io
 import time
 
 import jax
@@ -17,6 +21,7 @@ from absl import logging
 
 import datasets
 import evaluation
+import fileio
 import likelihood
 import utils
 from models import feature_extractor
@@ -26,11 +31,17 @@ from training import devices
 def _save_round(path: str, **arrays) -> None:
     """Writes one round's arrays atomically (process 0 only): a killed run never leaves a
     half-written round."""
-    if not utils.is_main_process():
-        return
-    tmp = path + ".tmp.npz"
-    np.savez_compressed(tmp, **arrays)
-    os.replace(tmp, path)
+    if utils.is_main_process():
+        fileio.save_npz(path, **arrays)
+
+
+def _saved_round(path: str) -> dict | None:
+    """The arrays of a saved round (process 0's file, on every process), or None."""
+    data = devices.main_bytes(lambda: fileio.read_bytes(path) if fileio.exists(path) else None)
+    if data is None:
+        return None
+    with np.load(io.BytesIO(data), allow_pickle=False) as f:
+        return dict(f)
 
 
 def _compile(fn, key, params):
@@ -65,8 +76,9 @@ def sample_rounds(sampling_fn, params, key, num_samples: int, batch_size: int, f
     num_rounds = -(-num_samples // batch_size)
     bar = utils.progress_bar(num_rounds, desc=desc)
     for r in range(num_rounds):
-        path = os.path.join(folder, f"{prefix}{r}.npz")
-        if not os.path.exists(path):
+        path = fileio.join(folder, f"{prefix}{r}.npz")
+        saved = _saved_round(path)
+        if saved is None:
             round_key = jax.random.fold_in(key, r)
             if compiled is None:
                 compiled, compile_s = _compile(sampling_fn, round_key, params)
@@ -77,9 +89,8 @@ def sample_rounds(sampling_fn, params, key, num_samples: int, batch_size: int, f
             _save_round(path, samples=samples, nfe=devices.gather(nfe), wall=np.asarray(wall))
             rounds.append({"samples": samples, "nfe": np.asarray(nfe), "wall": wall})
         else:
-            with np.load(path) as f:
-                wall = f["wall"] if "wall" in f else np.nan
-                rounds.append({"samples": f["samples"], "nfe": f["nfe"], "wall": wall})
+            wall = saved.get("wall", np.nan)
+            rounds.append({"samples": saved["samples"], "nfe": saved["nfe"], "wall": wall})
         bar.update()
     bar.close()
     wall_s = float(np.nansum([r["wall"] for r in rounds]))
@@ -116,9 +127,10 @@ def bpd_rounds(config, params, sde, model, folder: str, key, mesh, tag: str) -> 
     for r, batch in enumerate(ds):
         if 0 <= config.eval.bpd_max_batches <= r:
             break
-        path = os.path.join(folder, f"{config.eval.bpd_dataset}_{tag}_bpd_{r}.npz")
-        if os.path.exists(path):
-            all_bpds.append(np.load(path)["bpd"])
+        path = fileio.join(folder, f"{config.eval.bpd_dataset}_{tag}_bpd_{r}.npz")
+        saved = _saved_round(path)
+        if saved is not None:
+            all_bpds.append(saved["bpd"])
             continue
         logging.info("bits/dim batch %d/%s: solving the probability-flow ODE ...", r + 1, total)
         start = time.perf_counter()
@@ -153,8 +165,8 @@ def reference_images(config, n: int) -> np.ndarray:
         reference.eval.batch_size = min(config.eval.batch_size, n)
     train_ds, _, _ = datasets.get_dataset(reference, evaluation=True)
     out, total = [], 0
-    for batch in train_ds:
-        out.append(utils.to_uint8(batch["image"]))
+    for batch in train_ds:  # each host reads its block of every batch: gathered
+        out.append(devices.allgather_host(utils.to_uint8(batch["image"])))
         total += len(out[-1])
         if total >= n:
             break

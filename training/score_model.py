@@ -30,6 +30,9 @@ def sde_from_config(config) -> tuple[sde_lib.SDE, float]:
     if name in ("vpsde", "subvpsde"):
         cls = sde_lib.VPSDE if name == "vpsde" else sde_lib.subVPSDE
         return cls(m.beta_min, m.beta_max, m.num_scales), 1e-3
+    if name == "tutorialvesde":
+        # The tutorial's `dx = sigma^t dw` (model.sigma); it samples down to t = 1e-3.
+        return sde_lib.TutorialVESDE(m.sigma, m.num_scales), 1e-3
     raise ValueError(
         f"Unknown config.training.sde {config.training.sde!r}; valid: {sorted(sde_lib.SDES)}"
     )
@@ -57,16 +60,21 @@ def abstract_train_state(config, model, tx) -> TrainState:
 
 
 def score_loss_fn(config, sde, model, train: bool):
-    """`loss_fn(key, params, x)` for the config's objective (continuous / SMLD / DDPM)."""
+    """`loss_fn(key, params, x)` for the config's objective (continuous / SMLD / DDPM).
+
+    `training.compute_dtype='bfloat16'` runs the network in bfloat16 (float32 params, loss and
+    gradients; `models.utils.get_model_fn`).
+    """
     continuous = config.training.continuous
+    dtype = mutils.compute_dtype(config.training.get("compute_dtype", "float32"))
 
     def score_fn(params, x, t, key):
-        return mutils.get_score_fn(sde, model, params, train=train, continuous=continuous)(
-            x, t, key
-        )
+        return mutils.get_score_fn(
+            sde, model, params, train=train, continuous=continuous, dtype=dtype
+        )(x, t, key)
 
     def model_fn(params, x, labels, key):
-        return mutils.get_model_fn(model, params, train=train)(x, labels, key)
+        return mutils.get_model_fn(model, params, train=train, dtype=dtype)(x, labels, key)
 
     return losses.get_loss_fn(
         sde,

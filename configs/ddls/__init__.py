@@ -57,6 +57,9 @@ def get_dcgan_config():
     model.ngf = 64
     # Discriminator width of the first layer (doubles at each lower resolution).
     model.ndf = 64
+    # Layer layout (models/dcgan.py): 'flax' (ours), 'torch' (pytorch/examples DCGAN) or
+    # 'torch_1x1' (its 32-px CIFAR-10 variant); the torch ones load PyTorch netG / netD files.
+    model.layout = "flax"
 
     config.optim = optim = ml_collections.ConfigDict()
     # Adam learning rate of both networks (Radford et al. 2015: 2e-4).
