@@ -155,10 +155,19 @@ def _grad_lhs(g, x_shape, x_dtype, w, config):
     out_d = [_dilate(s, d) for s, d in zip(out_shape, strides)]
     before = [k - lo - 1 for k, (lo, _) in zip(rhs_d, padding)]
     after = [a + k - 1 - o - b for a, k, o, b in zip(lhs_d, rhs_d, out_d, before)]
+    pads, dilation = list(zip(before, after)), strides
+    if np.prod(rhs_d) > np.prod(out_d):
+        # A kernel larger than the gradient map (a 4x4 conv down to 2x2): XLA's simplifier would
+        # swap the operands into a non-canonical convolution. The map dilated and padded
+        # explicitly (behind a barrier, or the pad folds back into the convolution) stays the
+        # larger operand; the products are the same.
+        zero = jnp.zeros((), g.dtype)
+        config_pad = [(0, 0, 0)] + [(b, a, s - 1) for b, a, s in zip(before, after, strides)]
+        g = lax.optimization_barrier(lax.pad(g, zero, config_pad + [(0, 0, 0)]))
+        pads, dilation = [(0, 0)] * nd, (1,) * nd
     return lax.conv_general_dilated(
-        g, w_t, window_strides=lhs_dilation, padding=list(zip(before, after)),
-        lhs_dilation=strides, rhs_dilation=rhs_dilation, dimension_numbers=_canonical_dn(nd),
-        feature_group_count=groups,
+        g, w_t, window_strides=lhs_dilation, padding=pads, lhs_dilation=dilation,
+        rhs_dilation=rhs_dilation, dimension_numbers=_canonical_dn(nd), feature_group_count=groups,
     ).astype(x_dtype)  # fmt: skip
 
 

@@ -23,6 +23,8 @@ CASES = {
     "transposed 4x4": ((2, 5, 5, 3), (4, 4, 3, 2), (1, 1), ((2, 3), (2, 3)), (2, 2), None, 1),
     "fir up conv": ((1, 4, 4, 3), (3, 3, 3, 2), (1, 1), ((2, 2), (2, 2)), (2, 2), None, 1),
     "4x4 stride2": ((2, 8, 8, 3), (4, 4, 3, 6), (2, 2), "SAME", None, None, 1),
+    # The kernel outgrows the output map (XLA would swap the operands of dx).
+    "4x4 stride2 to 2x2": ((2, 4, 4, 3), (4, 4, 3, 6), (2, 2), ((1, 1), (1, 1)), None, None, 1),
     "depthwise": ((2, 8, 8, 4), (4, 4, 1, 4), (1, 1), ((2, 1), (2, 1)), None, None, 4),
     "depthwise stride2": ((2, 8, 8, 4), (4, 4, 1, 4), (2, 2), "VALID", None, None, 4),
     "grouped": ((2, 6, 6, 4), (3, 3, 2, 6), (1, 1), "SAME", None, None, 2),
@@ -121,13 +123,47 @@ def test_forward_mode_and_second_order():
     np.testing.assert_allclose(outs[1][1], outs[0][1], rtol=1e-4, atol=1e-4)
 
 
-def test_dcgan_conv_transpose_is_flax_conv_transpose():
-    """Same params (names, shapes, init) and outputs as `nn.ConvTranspose`."""
+@pytest.mark.parametrize(
+    "kernel, strides, padding, use_bias, transpose_kernel",
+    [
+        (4, 2, "SAME", True, False),  # the flax layout
+        (3, 2, "VALID", True, True),
+        (4, 2, ((2, 2), (2, 2)), False, True),  # the torch layouts: ConvTranspose2d(4, 2, 1)
+        (1, 1, ((0, 0), (0, 0)), False, True),  # the torch_1x1 head
+    ],
+)
+def test_dcgan_conv_transpose_is_flax_conv_transpose(
+    kernel, strides, padding, use_bias, transpose_kernel
+):
+    """Same params (names, shapes, init), outputs and gradients as `nn.ConvTranspose`."""
     x = jax.random.normal(jax.random.key(0), (2, 4, 4, 3))
-    ours = dcgan.ConvTranspose(5, (4, 4), strides=(2, 2), kernel_init=nn.initializers.normal(0.02))
-    flax_ = nn.ConvTranspose(5, (4, 4), strides=(2, 2), padding="SAME",
-                             kernel_init=nn.initializers.normal(0.02))  # fmt: skip
+    kw = dict(kernel_size=(kernel, kernel), strides=(strides, strides), padding=padding,
+              use_bias=use_bias, transpose_kernel=transpose_kernel,
+              kernel_init=nn.initializers.normal(0.02))  # fmt: skip
+    ours, flax_ = dcgan.ConvTranspose(5, **kw), nn.ConvTranspose(5, **kw)
     p_ours, p_flax = ours.init(jax.random.key(1), x), flax_.init(jax.random.key(1), x)
     assert jax.tree.map(jnp.shape, p_ours) == jax.tree.map(jnp.shape, p_flax)
     np.testing.assert_array_equal(p_ours["params"]["kernel"], p_flax["params"]["kernel"])
     np.testing.assert_array_equal(ours.apply(p_ours, x), flax_.apply(p_ours, x))
+    grads = [
+        jax.grad(lambda p, x, m=m: jnp.sum(jnp.sin(m.apply(p, x))), argnums=(0, 1))(p_ours, x)
+        for m in (ours, flax_)
+    ]
+    # Bit for bit but the 1x1 kernel's gradient (a dot product, float rounding).
+    for a, b in zip(jax.tree.leaves(grads[0]), jax.tree.leaves(grads[1])):
+        np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-6)
+
+
+@pytest.mark.parametrize("layout", dcgan.LAYOUTS)
+def test_dcgan_latent_gradient_in_a_loop_body_is_canonical(layout):
+    """DDLS's chain: the gradient of D(G(z)) in z inside a `fori_loop`, for every DCGAN layout
+    (the torch ones included: converted pretrained networks run there too)."""
+    g = dcgan.Generator(image_size=32, num_channels=3, ngf=4, layout=layout)
+    d = dcgan.Discriminator(image_size=32, ndf=4, layout=layout)
+    z = jax.random.normal(jax.random.key(0), (2, 8))
+    vg = g.init(jax.random.key(1), z, train=False)
+    vd = d.init(jax.random.key(2), g.apply(vg, z, train=False), train=False)
+    energy = lambda z: jnp.sum(d.apply(vd, g.apply(vg, z, train=False), train=False))  # noqa: E731
+    body = lambda _, z: z - 1e-3 * jax.grad(energy)(z)  # noqa: E731
+    looped = jax.jit(lambda z: lax.fori_loop(0, 2, body, z))
+    assert _conv_dim_labels(looped.lower(z).compile().as_text()) == {"b01f_01io->b01f"}
