@@ -305,6 +305,8 @@ def alternate(sides, case, repeats):
 def bench_model(model, args, log):
     py_jax = [sys.executable, str(HERE / "vs_pytorch.py"), "--worker", "--model", model,
               "--pc_steps", str(args.pc_steps[model]), "--ode_batch", str(args.ode_batch)]  # fmt: skip
+    pin = ["taskset", "-c", args.cpus] if args.cpus else []  # both sides on the same cores
+    py_jax = pin + py_jax
     sides = [Side("jax", py_jax + ["--root", str(ROOT)], log)]
     if args.baseline_root:
         sides.append(Side("jax_baseline", py_jax + ["--root", args.baseline_root], log))
@@ -312,7 +314,8 @@ def bench_model(model, args, log):
         sides.append(
             Side(
                 "torch",
-                [
+                pin
+                + [
                     args.torch_python,
                     str(HERE / "vs_pytorch_torch.py"),
                     "--torch_ref",
@@ -401,6 +404,9 @@ def main():
     parser.add_argument("--ode_batch", type=int, default=8)
     parser.add_argument("--perturb", type=float, default=0.05)
     parser.add_argument("--threads", type=int, default=2, help="torch.set_num_threads")
+    parser.add_argument("--cpus", default=None,
+                        help="run both workers under `taskset -c CPUS` (e.g. 0, with --threads 1: "
+                        "one core each, which a loaded machine distorts less than 2 threads)")  # fmt: skip
     parser.add_argument("--out", default=str(ROOT / "bench" / "results" / "vs_pytorch.json"))
     parser.add_argument("--log", default=None, help="workers' stderr (default: a temp file)")
     args = parser.parse_args()
