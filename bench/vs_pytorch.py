@@ -27,7 +27,7 @@ the ODE is trivial), converted with `models.convert.from_pytorch`.
 
 Without `--torch_python` / `--torch_ref` only this project's side runs (no ratios). Results go to
 bench/results/vs_pytorch.json (with `uptime` before and after each model: other processes
-share the cores).
+share the cores) and a table to vs_pytorch.md (`--markdown_only` rewrites it from the JSON).
 """
 
 import argparse
@@ -385,6 +385,49 @@ def summarize(model, case, res, args):
     print(line, flush=True)
 
 
+NAMES = {"ddpmpp": "DDPM++ cont.", "ncsnpp": "NCSN++ cont."}
+
+
+def markdown(payload):
+    """The results as a Markdown table: medians, ratio = this project / PyTorch (time, memory)
+    or PyTorch's time / this project's for the samplers (speed-up)."""
+    a = payload["args"]
+    lines = [
+        f"vs score_sde_pytorch, {payload['machine']['time']}: torch threads {a['threads']}, "
+        f"cpus {a.get('cpus') or 'all'}, median of {a['repeats']} (samplers: "
+        f"{a['sampler_repeats']}), PC "
+        + ", ".join(f"{NAMES.get(m, m)} {n}" for m, n in a["pc_steps"].items())
+        + " steps extrapolated to N = 1000, "
+        f"ODE batch {a['ode_batch']}.",
+        "",
+        "| model | case | PyTorch | this project | ratio |",
+        "|---|---|---|---|---|",
+    ]
+    for model, res in payload["results"].items():
+        name = NAMES.get(model, model)
+        for case, label in (("fwd1", "forward, batch 1"), ("fwd8", "forward, batch 8"),
+                            ("train8", "train step, batch 8")):  # fmt: skip
+            if case in res and "torch" in res[case]["median_s"]:
+                m = res[case]["median_s"]
+                lines.append(f"| {name} | {label} | {m['torch']:.3f} s | {m['jax']:.3f} s | "
+                             f"{m['jax'] / m['torch']:.2f} |")  # fmt: skip
+        if "rss" in res and "torch" in res["rss"]:
+            r = {n: v["peak_rss_mib"] / 1024 for n, v in res["rss"].items()}
+            lines.append(f"| {name} | peak RSS, train | {r['torch']:.2f} GiB | {r['jax']:.2f} GiB "
+                         f"| {r['jax'] / r['torch']:.2f} |")  # fmt: skip
+        if "pc" in res and "torch" in res["pc"]["median_s"]:
+            ips = res["pc"]["images_per_s_N1000"]
+            lines.append(f"| {name} | PC sampler N = 1000, batch 8 (images/s) | "
+                         f"{ips['torch']:.4f} | {ips['jax']:.4f} | "
+                         f"{ips['jax'] / ips['torch']:.2f}x faster |")  # fmt: skip
+        if "ode" in res and "torch" in res["ode"]["median_s"]:
+            ips, nfe = res["ode"]["images_per_s"], res["ode"]["nfe"]
+            lines.append(f"| {name} | probability-flow ODE, RK45 1e-5 (images/s; NFE) | "
+                         f"{ips['torch']:.4f}; {nfe['torch'][0]} | {ips['jax']:.4f}; "
+                         f"{nfe['jax'][0]} | {ips['jax'] / ips['torch']:.2f}x faster |")  # fmt: skip
+    return "\n".join(lines) + "\n"
+
+
 def main():
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawTextHelpFormatter
@@ -409,7 +452,13 @@ def main():
                         "one core each, which a loaded machine distorts less than 2 threads)")  # fmt: skip
     parser.add_argument("--out", default=str(ROOT / "bench" / "results" / "vs_pytorch.json"))
     parser.add_argument("--log", default=None, help="workers' stderr (default: a temp file)")
+    parser.add_argument("--markdown_only", action="store_true",
+                        help="rewrite the .md next to --out from its JSON; run nothing")  # fmt: skip
     args = parser.parse_args()
+    md_path = pathlib.Path(args.out).with_suffix(".md")
+    if args.markdown_only:
+        md_path.write_text(markdown(json.loads(pathlib.Path(args.out).read_text())))
+        return print(f"wrote {md_path}")
     if args.worker:
         args.pc_steps = args.pc_steps or 25
         return worker_main(args)
@@ -439,7 +488,8 @@ def main():
     }
     pathlib.Path(args.out).parent.mkdir(parents=True, exist_ok=True)
     pathlib.Path(args.out).write_text(json.dumps(payload, indent=2) + "\n")
-    print(f"wrote {args.out}")
+    md_path.write_text(markdown(payload))
+    print(f"wrote {args.out} and {md_path}")
 
 
 if __name__ == "__main__":
