@@ -399,6 +399,7 @@ def markdown(payload):
         + ", ".join(f"{NAMES.get(m, m)} {n}" for m, n in a["pc_steps"].items())
         + " steps extrapolated to N = 1000, "
         f"ODE batch {a['ode_batch']}.",
+        *(f"- {k}: {v}" for k, v in payload.get("sources", {}).items()),
         "",
         "| model | case | PyTorch | this project | ratio |",
         "|---|---|---|---|---|",
@@ -418,12 +419,12 @@ def markdown(payload):
         if "pc" in res and "torch" in res["pc"]["median_s"]:
             ips = res["pc"]["images_per_s_N1000"]
             lines.append(f"| {name} | PC sampler N = 1000, batch 8 (images/s) | "
-                         f"{ips['torch']:.4f} | {ips['jax']:.4f} | "
+                         f"{ips['torch']:.3g} | {ips['jax']:.3g} | "
                          f"{ips['jax'] / ips['torch']:.2f}x faster |")  # fmt: skip
         if "ode" in res and "torch" in res["ode"]["median_s"]:
             ips, nfe = res["ode"]["images_per_s"], res["ode"]["nfe"]
             lines.append(f"| {name} | probability-flow ODE, RK45 1e-5 (images/s; NFE) | "
-                         f"{ips['torch']:.4f}; {nfe['torch'][0]} | {ips['jax']:.4f}; "
+                         f"{ips['torch']:.3g}; {nfe['torch'][0]} | {ips['jax']:.3g}; "
                          f"{nfe['jax'][0]} | {ips['jax'] / ips['torch']:.2f}x faster |")  # fmt: skip
     return "\n".join(lines) + "\n"
 
