@@ -52,6 +52,7 @@ def run(config, workdir: str, mode: str):
         jax.distributed.initialize(FLAGS.coordinator_address, FLAGS.num_processes, FLAGS.process_id)
     import utils
 
+    utils.setup_jax_runtime()  # persistent compilation cache ($SCORE_SDE_COMPILATION_CACHE)
     utils.quiet_library_logs()
     utils.hide_gpus_from_tf()  # TensorFlow is only the data / Inception runtime
     import run_lib

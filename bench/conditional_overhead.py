@@ -8,26 +8,42 @@ predictor / corrector, same number of steps).
     the target ratio is <= 1.10.
 
 Score: the small conv net of bench/_common.py; classifier: a small noise-conditional WRN
-(random init). Writes bench/results/conditional_overhead.json.
+(random init). The timings are interleaved (round robin over the samplers, then over the two
+networks), so that load from other processes hits every case alike. The conditional sampler's
+loop runs on device unless `SCORE_SDE_LOOPS=host` (recorded as `loops`). Writes
+bench/results/conditional_overhead.json.
 
     python bench/conditional_overhead.py [--batch 16] [--size 32] [--steps 100]
 """
 
 import argparse
+import time
 
 import _common
 import jax
 import jax.numpy as jnp
+import numpy as np
 
 import controllable_generation as cg
 import sampling
 import sde_lib
+import utils
 from experiments import controllable as cl
 from models import wideresnet_noise_conditional as wrn
 
 
-def _timed(fn, key, repeats):
-    return _common.median_time(lambda k: fn(k)[0], key, repeats=repeats)[0]
+def _interleaved(fns, repeats, warmup=1):
+    """Median wall time of every `fns[name]()` (blocking), timed round robin."""
+    for fn in fns.values():
+        for _ in range(warmup):
+            jax.block_until_ready(fn())
+    times = {name: [] for name in fns}
+    for r in range(repeats):
+        for name in fns if r % 2 == 0 else list(fns)[::-1]:
+            t0 = time.perf_counter()
+            jax.block_until_ready(fns[name]())
+            times[name].append(time.perf_counter() - t0)
+    return {name: float(np.median(ts)) for name, ts in times.items()}
 
 
 def main():
@@ -54,8 +70,10 @@ def main():
     x = jax.random.normal(jax.random.key(2), shape)
     t = jnp.full((args.batch,), 0.5)
     labels = jnp.arange(args.batch) % 10
-    score_s, _ = _common.median_time(jax.jit(score_fn), x, t, repeats=20, warmup=2)
-    grad_s, _ = _common.median_time(jax.jit(grad_fn), x, t, labels, repeats=20, warmup=2)
+    score_jit, grad_jit = jax.jit(score_fn), jax.jit(grad_fn)
+    nets = {"score": lambda: score_jit(x, t), "grad": lambda: grad_jit(x, t, labels)}
+    net_s = _interleaved(nets, repeats=20, warmup=2)
+    score_s, grad_s = net_s["score"], net_s["grad"]
 
     pc = ("reverse_diffusion", "langevin")
     plain = sampling.get_pc_sampler(sde, score_fn, shape, *pc)
@@ -73,7 +91,8 @@ def main():
     }
     nfe = {name: int(fn(jax.random.key(4))[1]) for name, fn in runs.items()}
     assert len(set(nfe.values())) == 1, nfe
-    wall = {name: _timed(fn, jax.random.key(5), args.repeats) for name, fn in runs.items()}
+    key = jax.random.key(5)
+    wall = _interleaved({n: (lambda fn=fn: fn(key)[0]) for n, fn in runs.items()}, args.repeats)
     base = wall["unconditional"]
     ratios = {name: wall[name] / base for name in runs if name != "unconditional"}
     expected = 1.0 + grad_s / score_s
@@ -89,6 +108,7 @@ def main():
         "conditional_overhead",
         {
             "args": vars(args),
+            "loops": "device" if utils.device_loops() else "host",
             "nfe": nfe["unconditional"],
             "wall_s": wall,
             "ratios": ratios,

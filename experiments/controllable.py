@@ -286,6 +286,7 @@ MODES = ["train_classifier", "conditional", "inpaint", "colorize"]
 
 def main(argv):
     del argv
+    utils.setup_jax_runtime()
     f = flags.FLAGS
     if f.distributed or f.coordinator_address:  # multi-host, as main.py
         jax.distributed.initialize(f.coordinator_address, f.num_processes, f.process_id)

@@ -161,6 +161,7 @@ def cli() -> None:
 
     def main(argv):
         del argv
+        utils.setup_jax_runtime()
         fl = flags.FLAGS
         if not fl.train_extractor:
             raise app.UsageError("Nothing to do: pass --train_extractor.")

@@ -250,8 +250,3 @@ def _log_finished(path: str, cell: Cell) -> None:
         )  # fmt: skip
     else:
         logging.info("Cell %s is finished; skipping it.", cell.cell_id)
-
-
-# --------------------------------------------------------------------------------------------
-# Command line (flags are defined only when run as a script, so main.py can import this).
-# --------------------------------------------------------------------------------------------

@@ -25,9 +25,13 @@ References:
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 import flax.linen as nn
 import jax
 from jax import numpy as jnp
+
+from models import conv
 
 # DCGAN paper, Sec. 4: "All weights were initialized from a zero-centered Normal distribution
 # with standard deviation 0.02."
@@ -51,6 +55,37 @@ def num_upsamplings(image_size: int) -> tuple[int, int]:
             f"got {image_size}."
         )
     return base, n
+
+
+class ConvTranspose(nn.Module):
+    """`nn.ConvTranspose` with the loop-safe gradients of models/conv.py: the same name, params
+    (`kernel`, `bias`), padding ('SAME', 'VALID' or explicit pairs), `transpose_kernel` and
+    numbers."""
+
+    features: int
+    kernel_size: tuple[int, int]
+    strides: tuple[int, int] = (1, 1)
+    padding: str | tuple[tuple[int, int], ...] = "SAME"
+    use_bias: bool = True
+    transpose_kernel: bool = False
+    kernel_init: Callable = nn.initializers.lecun_normal()
+
+    @nn.compact
+    def __call__(self, x: jax.Array) -> jax.Array:
+        io = (self.features, x.shape[-1]) if self.transpose_kernel else (x.shape[-1], self.features)
+        kernel = self.param("kernel", self.kernel_init, (*self.kernel_size, *io))
+        if self.transpose_kernel:
+            # As `lax.conv_transpose`: the gradient of a conv with this kernel (flip, swap I/O).
+            kernel = jnp.swapaxes(kernel[::-1, ::-1], 2, 3)
+        if isinstance(self.padding, str):
+            pads = [conv.conv_transpose_padding(k, s, self.padding)
+                    for k, s in zip(self.kernel_size, self.strides)]  # fmt: skip
+        else:
+            pads = [tuple(p) for p in self.padding]
+        y = conv.conv_general_dilated(x, kernel, (1, 1), pads, self.strides, None, conv.NHWC)
+        if self.use_bias:
+            y = y + self.param("bias", nn.initializers.zeros, (self.features,))
+        return y
 
 
 def _batch_norm(train: bool, name: str | None = None) -> nn.BatchNorm:
@@ -89,17 +124,17 @@ def _torch_generator(z, train, *, image_size, num_channels, ngf, head_1x1):
     h = nn.relu(_batch_norm(train, "main_1")(h.reshape(z.shape[0], 4, 4, widths[0])))
     idx = 3  # every block is (conv, BN, ReLU)
     for width in widths[1:]:
-        h = nn.ConvTranspose(width, (4, 4), strides=(2, 2), padding=_TORCH_UP_PAD, use_bias=False,
-                             transpose_kernel=True, kernel_init=_INIT, name=f"main_{idx}")(h)  # fmt: skip
+        h = ConvTranspose(width, (4, 4), strides=(2, 2), padding=_TORCH_UP_PAD, use_bias=False,
+                          transpose_kernel=True, kernel_init=_INIT, name=f"main_{idx}")(h)  # fmt: skip
         h = nn.relu(_batch_norm(train, f"main_{idx + 1}")(h))
         idx += 3
     if head_1x1:
-        out = nn.ConvTranspose(num_channels, (1, 1), padding=((0, 0), (0, 0)), use_bias=False,
-                               transpose_kernel=True, kernel_init=_INIT, name=f"main_{idx}")  # fmt: skip
+        out = ConvTranspose(num_channels, (1, 1), padding=((0, 0), (0, 0)), use_bias=False,
+                            transpose_kernel=True, kernel_init=_INIT, name=f"main_{idx}")  # fmt: skip
     else:
-        out = nn.ConvTranspose(num_channels, (4, 4), strides=(2, 2), padding=_TORCH_UP_PAD,
-                               use_bias=False, transpose_kernel=True, kernel_init=_INIT,
-                               name=f"main_{idx}")  # fmt: skip
+        out = ConvTranspose(num_channels, (4, 4), strides=(2, 2), padding=_TORCH_UP_PAD,
+                            use_bias=False, transpose_kernel=True, kernel_init=_INIT,
+                            name=f"main_{idx}")  # fmt: skip
     return jnp.tanh(out(h))
 
 
@@ -109,7 +144,8 @@ def _torch_discriminator(x, train, *, image_size, ndf, head_1x1):
     h, idx = x, 0
     for i in range(n + 1 if head_1x1 else n):
         h = nn.Conv(ndf * 2**i, (4, 4), strides=(2, 2), padding=_TORCH_DOWN_PAD, use_bias=False,
-                    kernel_init=_INIT, name=f"main_{idx}")(h)  # fmt: skip
+                    kernel_init=_INIT, conv_general_dilated=conv.conv_general_dilated,
+                    name=f"main_{idx}")(h)  # fmt: skip
         if i > 0:  # no batch norm on the input layer
             h = _batch_norm(train, f"main_{idx + 1}")(h)
         h = nn.leaky_relu(h, LEAKY_SLOPE)
@@ -156,7 +192,7 @@ class Generator(nn.Module):
         for i in range(n):
             last = i == n - 1
             out = self.num_channels if last else self.ngf * 2 ** (n - 2 - i)
-            h = nn.ConvTranspose(out, (4, 4), strides=(2, 2), padding="SAME", kernel_init=_INIT)(h)
+            h = ConvTranspose(out, (4, 4), strides=(2, 2), padding="SAME", kernel_init=_INIT)(h)
             # No batch norm on the generator output layer (paper Sec. 3).
             h = jnp.tanh(h) if last else nn.relu(_batch_norm(train)(h))
         assert h.shape == (z.shape[0], self.image_size, self.image_size, self.num_channels)
@@ -187,9 +223,8 @@ class Discriminator(nn.Module):
         base, n = num_upsamplings(self.image_size)
         h = x
         for i in range(n):
-            h = nn.Conv(self.ndf * 2**i, (4, 4), strides=(2, 2), padding="SAME", kernel_init=_INIT)(
-                h
-            )
+            h = nn.Conv(self.ndf * 2**i, (4, 4), strides=(2, 2), padding="SAME", kernel_init=_INIT,
+                        conv_general_dilated=conv.conv_general_dilated)(h)  # fmt: skip
             # No batch norm on the discriminator input layer (paper Sec. 3).
             h = h if i == 0 else _batch_norm(train)(h)
             h = nn.leaky_relu(h, LEAKY_SLOPE)

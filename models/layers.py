@@ -17,6 +17,8 @@ import jax
 from jax import Array
 from jax import numpy as jnp
 
+from models import conv
+
 Activation = Callable[[Array], Array]
 
 # Nonlinearities selectable by `config.model.nonlinearity` (lower-cased).
@@ -63,6 +65,7 @@ def _ddpm_conv(x, out_planes, kernel, stride, bias, dilation, init_scale):
         kernel_dilation=(dilation, dilation),
         kernel_init=default_init(init_scale),
         bias_init=jax.nn.initializers.zeros,
+        conv_general_dilated=conv.conv_general_dilated,
     )(x)
 
 

@@ -23,6 +23,8 @@ import numpy as np
 from jax import Array
 from jax import numpy as jnp
 
+from models import conv
+
 
 def _pytorch_conv_init(kernel_shape: tuple[int, ...], init_scale: float):
     """PyTorch's default Conv2d init: kernel and bias ~ U(±1/sqrt(fan_in)) (times init_scale).
@@ -51,6 +53,7 @@ def _ncsn_conv(x, out_planes, size, stride, bias, dilation, init_scale) -> Array
         kernel_dilation=(dilation, dilation),
         kernel_init=kernel_init,
         bias_init=bias_init,
+        conv_general_dilated=conv.conv_general_dilated,
     )(x)
 
 
@@ -314,7 +317,13 @@ class ConvMeanPool(nn.Module):
     @nn.compact
     def __call__(self, inputs: Array) -> Array:
         k = self.kernel_size
-        h = nn.Conv(self.output_dim, (k, k), padding="SAME", use_bias=self.biases)(inputs)
+        h = nn.Conv(
+            self.output_dim,
+            (k, k),
+            padding="SAME",
+            use_bias=self.biases,
+            conv_general_dilated=conv.conv_general_dilated,
+        )(inputs)
         return _mean_pool2x2(h)
 
 
@@ -329,7 +338,13 @@ class MeanPoolConv(nn.Module):
     def __call__(self, inputs: Array) -> Array:
         k = self.kernel_size
         h = _mean_pool2x2(inputs)
-        return nn.Conv(self.output_dim, (k, k), padding="SAME", use_bias=self.biases)(h)
+        return nn.Conv(
+            self.output_dim,
+            (k, k),
+            padding="SAME",
+            use_bias=self.biases,
+            conv_general_dilated=conv.conv_general_dilated,
+        )(h)
 
 
 def _check_resample(resample: str | None) -> None:

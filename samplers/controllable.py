@@ -162,9 +162,8 @@ def get_pc_conditional_sampler(
         `p(x) p(y | x)^scale`. 1 is the paper (and Bayes' rule); 0 is unconditional.
       host_loop: run the noise levels from a host loop over one jitted `sampling.pc_step`
         instead of `lax.fori_loop`. None = `not utils.device_loops()`: `$SCORE_SDE_LOOPS`, by
-        default a host loop on CPU only, where XLA:CPU runs the classifier's convolution
-        gradients ~8x slower inside a loop body (bench/conditional_overhead.py); the samples
-        are the same up to float rounding.
+        default the device loop (the classifier's convolution gradients are loop-safe on
+        XLA:CPU, models/conv.py); the samples are the same up to float rounding.
 
     Returns:
       `sampler(key, labels) -> (x, nfe)`: `labels` int `[B]`; `nfe` counts score evaluations

@@ -16,7 +16,7 @@ distribution when D is near-optimal. The step size eps is decayed by `decay` eve
 
 Pure math: `energy`, `get_energy_grad_fn`, `step_sizes`, `latent_langevin_update` and
 `get_ddls_sampler` take a `logit_fn(z) -> [B]` (= d(G(z)), eval-mode BN so that it is
-per-example) and run on device with `lax.scan` (on CPU a host loop over one jitted step; see
+per-example) and run on device with `lax.scan` (or from a host loop over one jitted step; see
 `get_ddls_sampler`). The `--mode ddls` experiment is `experiments/ddls.py`.
 
 References:
@@ -114,9 +114,8 @@ def get_ddls_sampler(
       step_size, n_steps, decay, decay_every: the schedule of `step_sizes`.
       record_steps: steps k in [0, n_steps] (k updates done) at which z is recorded.
       host_loop: step from a host loop over one jitted update instead of `lax.scan`. None =
-        `not utils.device_loops()`: on CPU only, where XLA:CPU runs convolution gradients
-        inside loop bodies several times slower than at top level (bench/ddls_langevin.py
-        measured 3.7x for the CIFAR-10 DCGAN; see also training/steps.py). Both paths give the
+        `not utils.device_loops()` (`$SCORE_SDE_LOOPS`; by default the scan: the DCGAN's
+        convolution gradients are loop-safe on XLA:CPU, models/conv.py). Both paths give the
         same chain.
 
     Returns:

@@ -64,7 +64,7 @@ def test_scan_train_step_equals_the_unrolled_one():
     assert np.abs(moved).max() > 0
 
 
-@pytest.mark.parametrize("mode,expect_scan", [("device", True), ("host", False)])
+@pytest.mark.parametrize("mode,expect_scan", [("auto", True), ("device", True), ("host", False)])
 def test_loops_env_picks_the_train_step_branch(monkeypatch, mode, expect_scan):
     monkeypatch.setenv(utils.LOOPS_ENV, mode)
     assert utils.device_loops() is expect_scan

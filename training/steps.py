@@ -1,9 +1,11 @@
 """The jitted train and eval steps of EMA-tracked networks (score models, classifiers).
 
-`make_train_step` fuses `n` optimizer steps per call (the original `n_jitted_steps`): a
-`lax.scan` on accelerators, unrolled on CPU, where XLA:CPU runs convolution gradients inside
-loop bodies ~30x slower (measured: 65 s vs 2 s per DDPM++ step). `utils.device_loops` picks the
-branch, and `$SCORE_SDE_LOOPS=device` makes CPU take the scan (tests check both agree).
+`make_train_step` fuses `n` optimizer steps per call (the original `n_jitted_steps`) in a
+`lax.scan`, on every backend: the networks' convolutions (models/conv.py) have canonical-layout
+gradients, which XLA:CPU runs inside a loop body as fast as at the top level (with lax's own
+gradients it fell back to naive loops, 65 s vs 2 s per DDPM++ step, jax-ml/jax#12868, and the
+steps had to be unrolled on CPU, compiling n times as long). `$SCORE_SDE_LOOPS=host` (see
+`utils.device_loops`) still unrolls them (tests check both agree).
 """
 
 from __future__ import annotations
@@ -83,7 +85,36 @@ def make_train_step(
         shardings = dict(
             in_shardings=(state_sharding, batch_sharding), out_shardings=(state_sharding, None)
         )
-    return jax.jit(train_step, donate_argnums=0, **shardings)
+    return CompiledOnFirstCall(jax.jit(train_step, donate_argnums=0, **shardings))
+
+
+class CompiledOnFirstCall:
+    """A jitted function that compiles ahead of time at its first call and returns the
+    compiler's freed host memory to the OS (`utils.release_host_memory`) before it first runs,
+    so that the step's buffers do not come on top of the compiler's heap (peak RSS of the full
+    DDPM++ train step at batch 8: ~1 GB less on CPU).
+
+    Later calls run the compiled executable; calls it does not fit (other shapes, shardings)
+    and traced calls (`jax.make_jaxpr`) go through the jitted function, as does `lower`.
+    """
+
+    def __init__(self, jitted):
+        self.jitted = jitted
+        self._compiled = None
+
+    def lower(self, *args, **kwargs):
+        return self.jitted.lower(*args, **kwargs)
+
+    def __call__(self, *args):
+        if self._compiled is None:
+            if any(isinstance(x, jax.core.Tracer) for x in jax.tree.leaves(args)):
+                return self.jitted(*args)
+            self._compiled = self.jitted.lower(*args).compile()
+            utils.release_host_memory()
+        try:
+            return self._compiled(*args)
+        except (TypeError, ValueError):  # not the first call's signature: jit compiles anew
+            return self.jitted(*args)
 
 
 def make_eval_step(loss_fn: Callable, base_key, state_sharding=None, batch_sharding=None):

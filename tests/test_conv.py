@@ -1,0 +1,169 @@
+"""models/conv.py: canonical-layout convolution gradients equal JAX's, and stay canonical in loops."""
+
+import re
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+from jax import lax
+
+from models import conv, dcgan
+
+CASES = {
+    # name: (x shape, w shape, strides, padding, lhs_dilation, rhs_dilation, groups)
+    "3x3 same": ((2, 8, 8, 4), (3, 3, 4, 5), (1, 1), "SAME", None, None, 1),
+    "3x3 stride2 same": ((2, 8, 8, 4), (3, 3, 4, 5), (2, 2), "SAME", None, None, 1),
+    "3x3 stride2 valid odd": ((2, 9, 7, 3), (3, 3, 3, 2), (2, 2), "VALID", None, None, 1),
+    "1x1": ((2, 6, 6, 4), (1, 1, 4, 3), (1, 1), "SAME", None, None, 1),
+    "1x1 stride2": ((2, 6, 6, 4), (1, 1, 4, 3), (2, 2), "SAME", None, None, 1),
+    "3x3 dilated": ((2, 9, 9, 3), (3, 3, 3, 4), (1, 1), "SAME", None, (2, 2), 1),
+    "3x3 explicit": ((1, 7, 8, 2), (3, 3, 2, 3), (1, 1), ((2, 0), (1, 3)), None, None, 1),
+    "transposed 4x4": ((2, 5, 5, 3), (4, 4, 3, 2), (1, 1), ((2, 3), (2, 3)), (2, 2), None, 1),
+    "fir up conv": ((1, 4, 4, 3), (3, 3, 3, 2), (1, 1), ((2, 2), (2, 2)), (2, 2), None, 1),
+    "4x4 stride2": ((2, 8, 8, 3), (4, 4, 3, 6), (2, 2), "SAME", None, None, 1),
+    # The kernel outgrows the output map (XLA would swap the operands of dx).
+    "4x4 stride2 to 2x2": ((2, 4, 4, 3), (4, 4, 3, 6), (2, 2), ((1, 1), (1, 1)), None, None, 1),
+    "depthwise": ((2, 8, 8, 4), (4, 4, 1, 4), (1, 1), ((2, 1), (2, 1)), None, None, 4),
+    "depthwise stride2": ((2, 8, 8, 4), (4, 4, 1, 4), (2, 2), "VALID", None, None, 4),
+    "grouped": ((2, 6, 6, 4), (3, 3, 2, 6), (1, 1), "SAME", None, None, 2),
+}
+
+
+def _args(case, seed=0):
+    xs, ws, *_ = CASES[case]
+    kx, kw = jax.random.split(jax.random.key(seed))
+    return jax.random.normal(kx, xs), jax.random.normal(kw, ws)
+
+
+def _fn(impl, case):
+    _, _, strides, padding, lhs_d, rhs_d, groups = CASES[case]
+
+    def f(x, w):
+        y = impl(x, w, strides, padding, lhs_d, rhs_d, conv.NHWC, feature_group_count=groups)
+        return jnp.sum(jnp.sin(y))
+
+    return f
+
+
+@pytest.mark.parametrize("case", sorted(CASES))
+def test_forward_and_gradients_match_lax(case):
+    x, w = _args(case)
+    ref = _fn(lax.conv_general_dilated, case)
+    new = _fn(conv.conv_general_dilated, case)
+    np.testing.assert_array_equal(jax.jit(new)(x, w), jax.jit(ref)(x, w))
+    for got, want in zip(
+        jax.jit(jax.grad(new, (0, 1)))(x, w), jax.jit(jax.grad(ref, (0, 1)))(x, w)
+    ):
+        assert got.shape == want.shape and got.dtype == want.dtype
+        np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-5 * float(jnp.max(jnp.abs(want))))
+
+
+def test_other_layouts_fall_back_to_lax():
+    x = jax.random.normal(jax.random.key(0), (2, 3, 8, 8))
+    w = jax.random.normal(jax.random.key(1), (4, 3, 3, 3))
+    dn = ("NCHW", "OIHW", "NCHW")
+    got = conv.conv_general_dilated(x, w, (1, 1), "SAME", dimension_numbers=dn)
+    np.testing.assert_array_equal(
+        got, lax.conv_general_dilated(x, w, (1, 1), "SAME", dimension_numbers=dn)
+    )
+
+
+def _conv_dim_labels(compiled_text: str) -> set[str]:
+    return set(re.findall(r"convolution\(.*dim_labels=(\S+?),", compiled_text))
+
+
+def test_gradients_in_a_loop_body_are_canonical():
+    """The point of the module: in a `fori_loop` body every convolution of the gradient is in
+    the NHWC/HWIO layout that XLA:CPU's fast kernels take (lax's are not, jax-ml/jax#12868)."""
+    x, w = _args("3x3 stride2 same")
+
+    def looped(impl):
+        grad = jax.grad(_fn(impl, "3x3 same"), (0, 1))
+
+        def body(_, c):
+            gx, gw = grad(*c)
+            return c[0] - 1e-3 * gx, c[1] - 1e-3 * gw
+
+        return jax.jit(lambda x, w: lax.fori_loop(0, 2, body, (x, w)))
+
+    x, w = _args("3x3 same")
+    new_labels = _conv_dim_labels(looped(conv.conv_general_dilated).lower(x, w).compile().as_text())
+    assert new_labels == {"b01f_01io->b01f"}, new_labels
+    ref = looped(lax.conv_general_dilated)
+    if jax.default_backend() == "cpu":  # documents the XLA:CPU behaviour the module works around
+        assert _conv_dim_labels(ref.lower(x, w).compile().as_text()) != {"b01f_01io->b01f"}
+    got, want = looped(conv.conv_general_dilated)(x, w), ref(x, w)
+    for a, b in zip(got, want):
+        np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-5)
+
+
+def test_conv_transpose_padding_matches_lax():
+    x = jax.random.normal(jax.random.key(0), (2, 5, 5, 3))
+    w = jax.random.normal(jax.random.key(1), (4, 4, 3, 2))
+    for padding in ("SAME", "VALID"):
+        want = lax.conv_transpose(x, w, (2, 2), padding, dimension_numbers=conv.NHWC)
+        pads = [conv.conv_transpose_padding(4, 2, padding)] * 2
+        got = conv.conv_general_dilated(x, w, (1, 1), pads, (2, 2), None, conv.NHWC)
+        np.testing.assert_array_equal(got, want)
+
+
+def test_forward_mode_and_second_order():
+    """`jax.jvp` (the likelihood's divergence) and grad-of-grad work as with `lax`."""
+    x, w = _args("3x3 stride2 same")
+    e = jax.random.normal(jax.random.key(5), x.shape)
+    outs = []
+    for impl in (lax.conv_general_dilated, conv.conv_general_dilated):
+        f = _fn(impl, "3x3 stride2 same")
+        jvp = jax.jvp(lambda x, f=f: f(x, w), (x,), (e,))[1]
+        hvp = jax.grad(lambda x, f=f: jnp.vdot(jax.grad(f)(x, w), e))(x)
+        outs.append((jvp, hvp))
+    np.testing.assert_allclose(outs[1][0], outs[0][0], rtol=1e-5)
+    np.testing.assert_allclose(outs[1][1], outs[0][1], rtol=1e-4, atol=1e-4)
+
+
+@pytest.mark.parametrize(
+    "kernel, strides, padding, use_bias, transpose_kernel",
+    [
+        (4, 2, "SAME", True, False),  # the flax layout
+        (3, 2, "VALID", True, True),
+        (4, 2, ((2, 2), (2, 2)), False, True),  # the torch layouts: ConvTranspose2d(4, 2, 1)
+        (1, 1, ((0, 0), (0, 0)), False, True),  # the torch_1x1 head
+    ],
+)
+def test_dcgan_conv_transpose_is_flax_conv_transpose(
+    kernel, strides, padding, use_bias, transpose_kernel
+):
+    """Same params (names, shapes, init), outputs and gradients as `nn.ConvTranspose`."""
+    x = jax.random.normal(jax.random.key(0), (2, 4, 4, 3))
+    kw = dict(kernel_size=(kernel, kernel), strides=(strides, strides), padding=padding,
+              use_bias=use_bias, transpose_kernel=transpose_kernel,
+              kernel_init=nn.initializers.normal(0.02))  # fmt: skip
+    ours, flax_ = dcgan.ConvTranspose(5, **kw), nn.ConvTranspose(5, **kw)
+    p_ours, p_flax = ours.init(jax.random.key(1), x), flax_.init(jax.random.key(1), x)
+    assert jax.tree.map(jnp.shape, p_ours) == jax.tree.map(jnp.shape, p_flax)
+    np.testing.assert_array_equal(p_ours["params"]["kernel"], p_flax["params"]["kernel"])
+    np.testing.assert_array_equal(ours.apply(p_ours, x), flax_.apply(p_ours, x))
+    grads = [
+        jax.grad(lambda p, x, m=m: jnp.sum(jnp.sin(m.apply(p, x))), argnums=(0, 1))(p_ours, x)
+        for m in (ours, flax_)
+    ]
+    # Bit for bit but the 1x1 kernel's gradient (a dot product, float rounding).
+    for a, b in zip(jax.tree.leaves(grads[0]), jax.tree.leaves(grads[1])):
+        np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-6)
+
+
+@pytest.mark.parametrize("layout", dcgan.LAYOUTS)
+def test_dcgan_latent_gradient_in_a_loop_body_is_canonical(layout):
+    """DDLS's chain: the gradient of D(G(z)) in z inside a `fori_loop`, for every DCGAN layout
+    (the torch ones included: converted pretrained networks run there too)."""
+    g = dcgan.Generator(image_size=32, num_channels=3, ngf=4, layout=layout)
+    d = dcgan.Discriminator(image_size=32, ndf=4, layout=layout)
+    z = jax.random.normal(jax.random.key(0), (2, 8))
+    vg = g.init(jax.random.key(1), z, train=False)
+    vd = d.init(jax.random.key(2), g.apply(vg, z, train=False), train=False)
+    energy = lambda z: jnp.sum(d.apply(vd, g.apply(vg, z, train=False), train=False))  # noqa: E731
+    body = lambda _, z: z - 1e-3 * jax.grad(energy)(z)  # noqa: E731
+    looped = jax.jit(lambda z: lax.fori_loop(0, 2, body, z))
+    assert _conv_dim_labels(looped.lower(z).compile().as_text()) == {"b01f_01io->b01f"}
