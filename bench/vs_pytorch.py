@@ -42,6 +42,8 @@ import sys
 import tempfile
 import time
 
+import worker_protocol
+
 ROOT = pathlib.Path(__file__).resolve().parents[1]
 HERE = pathlib.Path(__file__).resolve().parent
 CASES = ("train8", "rss", "fwd1", "fwd8", "pc", "ode")
@@ -233,21 +235,7 @@ def _sde_args(c):
 
 
 def worker_main(args):
-    out = sys.stdout
-    sys.stdout = sys.stderr
-    worker = JaxWorker(args.root, args.model, args.pc_steps, args.ode_batch)
-    out.write(json.dumps({"ready": True}) + "\n")
-    out.flush()
-    for line in sys.stdin:
-        msg = json.loads(line)
-        if msg["op"] == "quit":
-            break
-        try:
-            reply = worker.handle(msg)
-        except Exception as e:  # report, keep serving
-            reply = {"error": f"{type(e).__name__}: {e}"}
-        out.write(json.dumps(reply) + "\n")
-        out.flush()
+    worker_protocol.serve(lambda: JaxWorker(args.root, args.model, args.pc_steps, args.ode_batch))
 
 
 # ----------------------------------------------------------------------------------------------

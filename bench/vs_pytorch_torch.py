@@ -18,11 +18,12 @@ Ops (stdin, one JSON object a line; each answered by one JSON line on stdout):
 """
 
 import argparse
-import json
 import os
 import resource
 import sys
 import time
+
+import worker_protocol
 
 CONFIGS = {
     "ddpmpp": "configs/vp/cifar10_ddpmpp_continuous.py",
@@ -202,21 +203,9 @@ def main():
     parser.add_argument("--pc_steps", type=int, default=10)
     parser.add_argument("--ode_batch", type=int, default=8)
     args = parser.parse_args()
-    out = sys.stdout
-    sys.stdout = sys.stderr  # the reference prints; keep the pipe for answers only
-    worker = Worker(args.torch_ref, args.model, args.threads, args.pc_steps, args.ode_batch)
-    out.write(json.dumps({"ready": True}) + "\n")
-    out.flush()
-    for line in sys.stdin:
-        msg = json.loads(line)
-        if msg["op"] == "quit":
-            break
-        try:
-            reply = worker.handle(msg)
-        except Exception as e:  # report, keep serving
-            reply = {"error": f"{type(e).__name__}: {e}"}
-        out.write(json.dumps(reply) + "\n")
-        out.flush()
+    worker_protocol.serve(
+        lambda: Worker(args.torch_ref, args.model, args.threads, args.pc_steps, args.ode_batch)
+    )
 
 
 if __name__ == "__main__":
