@@ -38,6 +38,8 @@ def shared_dir():
 # by the subprocesses some tests start: a persistent compilation cache inside .pytest_cache.
 _CACHE = ROOT / ".pytest_cache" / "jax_compilation_cache"
 os.environ.setdefault("JAX_COMPILATION_CACHE_DIR", str(_CACHE))
+# The command lines' own cache (utils.setup_jax_runtime) goes there too, not to ~/.cache.
+os.environ.setdefault("SCORE_SDE_COMPILATION_CACHE", os.environ["JAX_COMPILATION_CACHE_DIR"])
 jax.config.update("jax_compilation_cache_dir", os.environ["JAX_COMPILATION_CACHE_DIR"])
 jax.config.update("jax_persistent_cache_min_compile_time_secs", 0.5)
 

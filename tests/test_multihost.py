@@ -14,6 +14,7 @@ import shutil
 import subprocess
 import sys
 
+import multiprocess_helpers
 import numpy as np
 import pytest
 from test_run_lib import make_npz, tiny_config
@@ -109,33 +110,9 @@ def run_single(config, mode, workdir):
 
 def run_two(config, mode, workdirs):
     """Two processes x 4 devices; process i uses workdirs[i]."""
-    port = 21000 + os.getpid() % 20000
-    procs = [
-        subprocess.Popen(
-            _cmd(
-                config,
-                mode,
-                workdirs[i],
-                f"--coordinator_address=127.0.0.1:{port}",
-                "--num_processes=2",
-                f"--process_id={i}",
-            ),
-            env=_env(4),
-            stdout=subprocess.PIPE,
-            stderr=subprocess.STDOUT,
-        )  # fmt: skip
-        for i in range(2)
-    ]
-    try:
-        outs = [p.communicate(timeout=600)[0].decode() for p in procs]
-    finally:
-        for p in procs:
-            if p.poll() is None:
-                p.kill()
-    for p, out in zip(procs, outs):
-        assert p.returncode == 0, out[-3000:]
-    assert "JAX devices: 8 (4 per process)" in outs[0]
-    return outs
+    return multiprocess_helpers.run_two_processes(
+        lambda i, *flags: _cmd(config, mode, workdirs[i], *flags), _env(4), port_base=21000
+    )
 
 
 def _max_diff(a: dict, b: dict) -> float:

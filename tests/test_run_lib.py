@@ -16,6 +16,7 @@ import time
 
 import jax
 import jax.numpy as jnp
+import multiprocess_helpers
 import numpy as np
 import pytest
 from jax.sharding import NamedSharding
@@ -374,28 +375,13 @@ def test_sigterm_saves_and_sigkill_resumes(tmp_path, data_path):
 
 
 def test_two_process_distributed_run_equals_single_process(tmp_path, data_path):
-    port = 20000 + os.getpid() % 20000
     multi, single = str(tmp_path / "multi"), str(tmp_path / "single")
-    procs = [
-        subprocess.Popen(
-            _main_cmd(
-                data_path,
-                multi,
-                2,
-                f"--coordinator_address=127.0.0.1:{port}",
-                "--num_processes=2",
-                f"--process_id={i}",
-            ),
-            env=_env(4),
-            stdout=subprocess.PIPE,
-            stderr=subprocess.STDOUT,
-        )
-        for i in range(2)
-    ]
-    outs = [p.communicate(timeout=400)[0].decode() for p in procs]
-    for p, out in zip(procs, outs):
-        assert p.returncode == 0, out[-3000:]
-    assert "JAX devices: 8 (4 per process)" in outs[0]
+    multiprocess_helpers.run_two_processes(
+        lambda i, *flags: _main_cmd(data_path, multi, 2, *flags),
+        _env(4),
+        port_base=20000,
+        timeout=400,
+    )
     done = subprocess.run(
         _main_cmd(data_path, single, 2), env=_env(8), capture_output=True, text=True, timeout=300
     )
