@@ -447,7 +447,4 @@ if __name__ == "__main__":
     # The command line `python -m evaluation --train_extractor ...` lives with the experiments.
     from experiments import extractor
 
-    # TensorFlow probes CUDA when it first lists devices, and under `-m` that happened outside
-    # the filter (one "failed call to cuInit" line on machines without a GPU): do it here.
-    utils.hide_gpus_from_tf()
     extractor.cli()

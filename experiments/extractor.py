@@ -166,8 +166,11 @@ def cli() -> None:
         if not fl.train_extractor:
             raise app.UsageError("Nothing to do: pass --train_extractor.")
         utils.quiet_library_logs()
-        utils.hide_gpus_from_tf()  # TensorFlow starts here, its start-up notices filtered
         extractor = train_from_config(fl.config, fl.workdir, fl.steps, fl.batch_size, fl.seed)
         logging.info("saved %s to %s (%s)", extractor.name, fl.workdir, extractor.info)
 
+    # TensorFlow (imported by `evaluation`) probes CUDA when it first lists devices; done here,
+    # before absl starts the app, its start-up notices are filtered (without it, one "failed
+    # call to cuInit" line on machines without a GPU).
+    utils.hide_gpus_from_tf()
     app.run(main)
