@@ -306,11 +306,6 @@ def save_png(image_uint8: np.ndarray, path: str) -> str:
     return fileio.write_bytes(path, buffer.getvalue())
 
 
-def write_atomic(path: str, text: str) -> None:
-    """Writes `text` to `path` atomically (`fileio.write_text_atomic`): never half a file."""
-    fileio.write_text_atomic(path, text)
-
-
 def save_sample_grid(images, directory: str, name: str = "sample") -> str:
     """Writes `name.npz` (uint8 samples) and `name.png` (grid) into `directory`."""
     if not is_main_process():

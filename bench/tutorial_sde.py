@@ -30,6 +30,7 @@ import numpy as np
 
 import datasets
 import evaluation
+import fileio
 import run_lib
 import sampling
 import sde_lib
@@ -113,7 +114,7 @@ def _run_sigma(args, sigma: int, extractor):
                 em_hash = cache[f"euler_maruyama@{nfe}"]["samples_sha1"]
                 row["identical_to_euler_maruyama"] = row["samples_sha1"] == em_hash
             cache[name] = row
-            utils.write_atomic(cache_path, json.dumps(cache, indent=2))
+            fileio.write_text_atomic(cache_path, json.dumps(cache, indent=2))
             print(name, {k: v for k, v in row.items() if k not in ("scheme", "sigma")}, flush=True)
             if scheme == "sra1" and nfe == max(args.nfe):
                 grid = utils.image_grid(samples[:64])

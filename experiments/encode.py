@@ -182,7 +182,9 @@ def run(config, workdir: str, *, num: int = 8, pair: tuple[int, int] = (0, 1), s
         # Not dequantised images, so this is not the paper's bits/dim; a by-product of encoding.
         "bpd_of_inputs": float(np.mean(bpd)),
     }
-    utils.write_atomic(fileio.join(out_dir, "encode.json"), json.dumps(summary, indent=2) + "\n")
+    fileio.write_text_atomic(
+        fileio.join(out_dir, "encode.json"), json.dumps(summary, indent=2) + "\n"
+    )
     return summary
 
 

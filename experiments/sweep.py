@@ -230,7 +230,7 @@ def run_sweep(config, workdir: str, shard: str = "0/1") -> list[dict]:
                 contexts[cell.run] = load_run(runs[cell.run], spec)
             record = evaluate_cell(contexts[cell.run], cell, spec, out_dir)
             if utils.is_main_process():
-                utils.write_atomic(path, json.dumps(record, indent=2, default=float) + "\n")
+                fileio.write_text_atomic(path, json.dumps(record, indent=2, default=float) + "\n")
                 fileio.rmtree(fileio.join(out_dir, "work", cell.cell_id))
                 sweep_report.write_outputs(out_dir, spec, cells)
         bar.update()

@@ -96,10 +96,10 @@ def write_outputs(out_dir: str, spec: SweepSpec, cells: list[Cell]) -> None:
     write_csv(records, fileio.join(out_dir, "results.csv"), aggregates)
     by_cell = aggregates
     runs = list(dict.fromkeys(c.run for c in cells))
-    utils.write_atomic(
+    fileio.write_text_atomic(
         fileio.join(out_dir, "table1.md"), table1_markdown(spec, runs, by_cell, metric, cells)
     )
-    utils.write_atomic(
+    fileio.write_text_atomic(
         fileio.join(out_dir, "nfe_table.md"), nfe_markdown(spec, cells, by_cell, metric)
     )
     plot_quality_vs_nfe(
