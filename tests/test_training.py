@@ -127,6 +127,27 @@ def test_loop_logs_saves_and_calls_hooks(tmp_path):
     assert [r["step"] for r in lines] == [2, 4, 6] and all("steps_per_sec" in r for r in lines)
 
 
+def test_loop_flushes_metric_lines_before_each_checkpoint(tmp_path, monkeypatch):
+    """A remote workdir's lines are buffered; the ones up to a checkpoint must be in
+    metrics.jsonl before that checkpoint exists (a kill right after the save keeps them)."""
+    state, step = _quadratic()
+    manager = checkpoints.checkpoint_manager(str(tmp_path / "ckpt"), 3)
+    writer = utils.MetricWriter(str(tmp_path), tensorboard=False, flush_every_s=1e9)
+    writer.remote = True  # buffer lines the way a gs:// workdir does
+    on_disk_at_save = []
+    save = checkpoints.save_checkpoint
+
+    def recording_save(mgr, st):
+        path = tmp_path / "metrics.jsonl"
+        on_disk_at_save.append([r["step"] for r in utils.read_metrics(str(path))])
+        return save(mgr, st)
+
+    monkeypatch.setattr(checkpoints, "save_checkpoint", recording_save)
+    schedule = _schedule(log_freq=1, snapshot_freq=3, preemption_freq=3)
+    loop.run(state, step, _batches(), schedule, first_step=0, manager=manager, writer=writer)
+    assert on_disk_at_save == [[1, 2, 3], [1, 2, 3, 4, 5, 6]]
+
+
 def test_loop_refuses_to_save_non_finite_parameters(tmp_path):
     """lr = inf: the loss of step 1 is finite, but the parameters it produces are not. The
     loop stops before any save, naming the step; no checkpoint holds NaN."""

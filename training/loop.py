@@ -157,10 +157,10 @@ def run(
                 snapshot = s.due(step, s.snapshot_freq) or done
                 if snapshot or s.due(step, s.preemption_freq) or stop.received:
                     pending.flush()  # never save a state that produced a non-finite value
+                    if writer is not None:  # remote workdirs: the lines up to this checkpoint
+                        writer.flush()  # land before it does (a kill between keeps them)
                     if manager is not None:
                         checkpoints.save_checkpoint(manager, state)
-                    if writer is not None:
-                        writer.flush()  # remote workdirs: the lines up to this checkpoint
                     if snapshot and on_snapshot is not None:
                         on_snapshot(state, step)
                 if stop.received:
