@@ -8,7 +8,9 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import optax
+import orbax.checkpoint as ocp
 import pytest
+from orbax.checkpoint._src.serialization import replica_slices
 
 import losses
 import utils
@@ -208,3 +210,23 @@ def test_restore_skips_a_corrupt_checkpoint(tmp_path):
     restored, step = checkpoints.restore_latest_good(manager, abstract)
     assert step == 1 and isinstance(restored, TrainState)
     np.testing.assert_array_equal(restored.params["w"], [0.0, 1.0, 2.0])
+
+
+def test_small_replicated_arrays_are_saved_by_one_replica(tmp_path):
+    """Orbax's replica-parallel save slices a replicated array across the devices (one compiled
+    `slice` per shape and device); below `REPLICA_PARALLEL_MIN_BYTES` one replica writes it."""
+    mesh = jax.sharding.Mesh(np.array(jax.devices()), ("data",))
+    replicated = jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec())
+    small = jax.device_put(jnp.arange(64.0), replicated)
+    checkpoints.checkpoint_manager(str(tmp_path), 1).close()  # registers the handler
+    min_bytes = ocp.type_handlers.get_type_handler(jax.Array)._min_slice_bytes_for_replica_parallel
+
+    def slice_args(threshold):
+        return replica_slices.get_replica_slices(
+            small, replica_id=0, use_replica_parallel=True,
+            min_slice_bytes_for_replica_parallel=threshold,
+        ).replica_slices[0].slice_args  # fmt: skip
+
+    assert len(jax.devices()) > 1 and min_bytes == checkpoints.REPLICA_PARALLEL_MIN_BYTES
+    assert slice_args(None) is not None  # Orbax's default: sliced across the 8 devices
+    assert slice_args(min_bytes) is None
