@@ -62,6 +62,11 @@ MODELS = {
 }
 
 
+# Train rows (n_jitted_steps, activation dtype) in priority order; PC and ODE rows follow the
+# first (float32, one step per call).
+TRAIN_VARIANTS = ((1, "float32"), (1, "bfloat16"), (5, "float32"), (5, "bfloat16"))
+
+
 def model_config(name: str, tiny: bool):
     full, small = MODELS[name]
     config = (small if tiny else full).get_config()
@@ -197,11 +202,12 @@ def plan(args):
     wd = {ve: args.workdir_ve, vp: args.workdir_vp}
     rows = []
     keep = lambda name: name in args.models
-    for n_jitted, dtype in ((1, "float32"), (1, "bfloat16"), (5, "float32"), (5, "bfloat16")):
-        for name in filter(keep, (ve, vp)):
-            rows.append((("train", name, n_jitted, dtype),
-                         functools.partial(train_row, name, args.tiny, b, n_jitted, dtype, calls)))  # fmt: skip
-        if n_jitted == 1 and dtype == "float32":
+    for n_jitted, dtype in TRAIN_VARIANTS:
+        if f"{n_jitted}:{dtype}" in args.train:
+            for name in filter(keep, (ve, vp)):
+                rows.append((("train", name, n_jitted, dtype), functools.partial(
+                    train_row, name, args.tiny, b, n_jitted, dtype, calls)))  # fmt: skip
+        if (n_jitted, dtype) == TRAIN_VARIANTS[0]:
             for name in filter(keep, (ve, vp)):
                 rows.append((("pc", name, args.pc_steps, "float32"), functools.partial(
                     pc_row, name, args.tiny, b, args.pc_steps, "float32", wd[name])))  # fmt: skip
@@ -221,6 +227,9 @@ def main(argv=None) -> dict:
     parser.add_argument("--workdir_ve", default="", help="trained NCSN++ cont. workdir")
     parser.add_argument("--workdir_vp", default="", help="trained DDPM++ cont. workdir")
     parser.add_argument("--models", nargs="+", default=list(MODELS), choices=list(MODELS))
+    variants = [f"{n}:{dtype}" for n, dtype in TRAIN_VARIANTS]
+    parser.add_argument("--train", nargs="+", default=variants, choices=variants,
+                        help="train rows, n_jitted_steps:dtype")  # fmt: skip
     parser.add_argument("--out", default="", help="result JSON (default bench/results/...)")
     args = parser.parse_args(argv)
     args.batch = args.batch or (8 if args.tiny else 128)

@@ -4,8 +4,10 @@ import os
 import pathlib
 import sys
 
+import cpu_env
+
 # Simulated devices for the sharding tests; must be set before jax is imported anywhere.
-os.environ.setdefault("XLA_FLAGS", "--xla_force_host_platform_device_count=8")
+os.environ.setdefault("XLA_FLAGS", cpu_env.xla_flags(8))
 os.environ.setdefault("JAX_PLATFORMS", "cpu")
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 # etils.epath decides once per process (functools.cache) whether gs:// goes through

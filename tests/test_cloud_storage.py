@@ -14,6 +14,7 @@ import subprocess
 import sys
 import time
 
+import cpu_env
 import gcs_emulator as emu
 import numpy as np
 import pytest
@@ -41,10 +42,7 @@ def main_cmd(data_path, mode, n_iters, *extra):
 
 
 def env():
-    out = dict(os.environ)  # the emulator's variables, set by the gcs_emulator fixture
-    out.update(XLA_FLAGS="--xla_force_host_platform_device_count=8", JAX_PLATFORMS="cpu",
-               PYTHONUNBUFFERED="1")  # fmt: skip
-    return out
+    return cpu_env.env(8)  # with the emulator's variables, set by the gcs_emulator fixture
 
 
 def bucket_steps() -> list[int]:

@@ -16,6 +16,7 @@ import pickle
 import re
 import zipfile
 
+import cpu_env
 import jax
 import ml_collections
 import numpy as np
@@ -549,9 +550,7 @@ def test_flax_checkpoint_k_through_the_command_line(tmp_path):
     workdir = tmp_path / "w"
     convert.convert_main(config, str(workdir), pytorch=None, jax_ckpt=str(path), use_ema=True)
     root = pathlib.Path(__file__).resolve().parents[1]
-    env = dict(
-        os.environ, JAX_PLATFORMS="cpu", XLA_FLAGS="--xla_force_host_platform_device_count=1"
-    )
+    env = cpu_env.env(1)
 
     def evaluate(ckpt):
         cmd = [sys.executable, str(root / "main.py"), "--mode=eval", f"--workdir={workdir}",

@@ -14,6 +14,7 @@ import shutil
 import subprocess
 import sys
 
+import cpu_env
 import multiprocess_helpers
 import numpy as np
 import pytest
@@ -89,11 +90,7 @@ def gan_setup(setup):
 
 
 def _env(devices: int) -> dict:
-    env = dict(os.environ)
-    env.update(XLA_FLAGS=f"--xla_force_host_platform_device_count={devices}",
-               JAX_PLATFORMS="cpu", JAX_CPU_COLLECTIVES_IMPLEMENTATION="gloo",
-               PYTHONUNBUFFERED="1")  # fmt: skip
-    return env
+    return cpu_env.env(devices, JAX_CPU_COLLECTIVES_IMPLEMENTATION="gloo")
 
 
 def _cmd(config, mode, workdir, *extra):

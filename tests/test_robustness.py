@@ -14,6 +14,7 @@ import subprocess
 import sys
 import time
 
+import cpu_env
 import ml_collections
 import numpy as np
 import pytest
@@ -71,8 +72,7 @@ def _main(workdir, mode="train", *extra, config=TINY, data=None):
 
 
 def _env():
-    one_device = "--xla_force_host_platform_device_count=1"
-    return dict(os.environ, JAX_PLATFORMS="cpu", PYTHONUNBUFFERED="1", XLA_FLAGS=one_device)
+    return cpu_env.env(1)
 
 
 def _tfhub_reachable() -> bool:

@@ -14,6 +14,7 @@ import subprocess
 import sys
 import time
 
+import cpu_env
 import jax
 import jax.numpy as jnp
 import multiprocess_helpers
@@ -315,14 +316,7 @@ def _main_cmd(data_path, workdir, n_iters, *extra):
 
 
 def _env(devices):
-    env = dict(os.environ)
-    env.update(
-        XLA_FLAGS=f"--xla_force_host_platform_device_count={devices}",
-        JAX_PLATFORMS="cpu",
-        JAX_CPU_COLLECTIVES_IMPLEMENTATION="gloo",
-        PYTHONUNBUFFERED="1",
-    )
-    return env
+    return cpu_env.env(devices, JAX_CPU_COLLECTIVES_IMPLEMENTATION="gloo")
 
 
 def _wait_for_step(workdir, minimum, proc, timeout=240):
@@ -374,20 +368,18 @@ def test_sigterm_saves_and_sigkill_resumes(tmp_path, data_path):
     assert int(_params(workdir).step) == resumed_from + 2
 
 
-def test_two_process_distributed_run_equals_single_process(tmp_path, data_path):
-    multi, single = str(tmp_path / "multi"), str(tmp_path / "single")
+def test_two_process_distributed_run_equals_single_process(tmp_path, data_path, six_step_run):
+    """Two processes x 4 devices train 3 steps; the parameters equal those of the one-process,
+    8-device run (`six_step_run`, same config and data) at its step-3 checkpoint."""
+    multi = str(tmp_path / "multi")
     multiprocess_helpers.run_two_processes(
-        lambda i, *flags: _main_cmd(data_path, multi, 2, *flags),
+        lambda i, *flags: _main_cmd(data_path, multi, 3, *flags),
         _env(4),
         port_base=20000,
         timeout=400,
     )
-    done = subprocess.run(
-        _main_cmd(data_path, single, 2), env=_env(8), capture_output=True, text=True, timeout=300
-    )
-    assert done.returncode == 0, done.stderr[-2000:]
-    a, b = _params(multi), _params(single)
-    assert int(a.step) == int(b.step) == 2
+    a, b = _params(multi), _params(six_step_run, step=3)
+    assert int(a.step) == int(b.step) == 3
     for x, y in zip(jax.tree.leaves(a.params), jax.tree.leaves(b.params), strict=True):
         np.testing.assert_allclose(x, y, rtol=1e-5, atol=1e-6)
 
