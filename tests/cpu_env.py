@@ -8,7 +8,7 @@ math either way). The product's own flags are untouched.
 
 import os
 
-TEST_XLA_FLAGS = "--xla_backend_optimization_level=0"
+TEST_XLA_FLAGS = ""
 
 
 def xla_flags(devices: int) -> str:
