@@ -35,7 +35,6 @@ import json
 import os
 import pathlib
 import platform
-import resource
 import statistics
 import subprocess
 import sys
@@ -53,14 +52,6 @@ TIMED = ("train8", "fwd1", "fwd8")
 # ----------------------------------------------------------------------------------------------
 # The JAX worker (runs this project, or the checkout of `--root`).
 # ----------------------------------------------------------------------------------------------
-
-
-def _rss_mib():
-    with open("/proc/self/status") as f:
-        for line in f:
-            if line.startswith("VmRSS:"):
-                return int(line.split()[1]) / 1024.0
-    return float("nan")
 
 
 class JaxWorker:
@@ -208,8 +199,7 @@ class JaxWorker:
             out = self.cases[msg["case"]]() or {}
             return {"s": time.perf_counter() - t0, **out}
         if op == "rss":
-            peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0
-            return {"peak_rss_mib": peak, "rss_mib": _rss_mib()}
+            return worker_protocol.memory_mib()
         if op == "load_weights":
             import numpy as np
 

@@ -19,7 +19,6 @@ Ops (stdin, one JSON object a line; each answered by one JSON line on stdout):
 
 import argparse
 import os
-import resource
 import sys
 import time
 
@@ -29,14 +28,6 @@ CONFIGS = {
     "ddpmpp": "configs/vp/cifar10_ddpmpp_continuous.py",
     "ncsnpp": "configs/ve/cifar10_ncsnpp_continuous.py",
 }
-
-
-def rss_mib():
-    with open("/proc/self/status") as f:
-        for line in f:
-            if line.startswith("VmRSS:"):
-                return int(line.split()[1]) / 1024.0
-    return float("nan")
 
 
 class Worker:
@@ -175,8 +166,7 @@ class Worker:
             out = self.cases[msg["case"]]()
             return {"s": time.perf_counter() - t0, **(out if isinstance(out, dict) else {})}
         if op == "rss":
-            peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0
-            return {"peak_rss_mib": peak, "rss_mib": rss_mib()}
+            return worker_protocol.memory_mib()
         if op == "save_weights":
             torch = self.torch
             g = torch.Generator().manual_seed(1)

@@ -3,7 +3,20 @@ PyTorch worker can import it from its own Python): one JSON request per stdin li
 reply per stdout line; {"op": "quit"} ends the loop."""
 
 import json
+import resource
 import sys
+
+
+def memory_mib() -> dict[str, float]:
+    """The reply to {"op": "rss"}: this process's peak and current resident memory, in MiB."""
+    rss = float("nan")
+    with open("/proc/self/status") as f:
+        for line in f:
+            if line.startswith("VmRSS:"):
+                rss = int(line.split()[1]) / 1024.0
+                break
+    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0
+    return {"peak_rss_mib": peak, "rss_mib": rss}
 
 
 def serve(make_worker) -> None:
