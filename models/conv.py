@@ -20,16 +20,17 @@ At the top level the gradients equal JAX's bit for bit (XLA canonicalises them t
 except `dw` of 1x1 kernels (a dot instead of a convolution: float rounding, ~1e-6 relative).
 
 It has `lax.conv_general_dilated`'s signature, so flax takes it as
-`nn.Conv(..., conv_general_dilated=conv.conv_general_dilated)` (param names and shapes do not
-change). Other layouts, `batch_group_count > 1`, `precision` and `preferred_element_type` use
+`nn.Conv(..., conv_general_dilated=conv.conv_general_dilated)`; `Conv` below is that `nn.Conv`
+(param names and shapes do not change), the one the networks use. Other layouts, `batch_group_count > 1`, `precision` and `preferred_element_type` use
 `lax.conv_general_dilated` unchanged; grouped convolutions (the FIR filters of NCSN++, whose
 kernels are constants) get `dx` in canonical form and `dw` from `lax`.
 """
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 
+import flax.linen as nn
 import jax
 import numpy as np
 from jax import Array, lax
@@ -90,6 +91,12 @@ def conv_general_dilated(
     padding = tuple((int(lo), int(hi)) for lo, hi in padding)
     config = (strides, padding, lhs_dilation, rhs_dilation, int(feature_group_count))
     return _conv(lhs, rhs, config)
+
+
+class Conv(nn.Conv):
+    """`nn.Conv` on `conv_general_dilated` above: the same module name, params and numbers."""
+
+    conv_general_dilated: Callable | None = conv_general_dilated
 
 
 def _raw(x, w, config):

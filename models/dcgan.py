@@ -143,9 +143,8 @@ def _torch_discriminator(x, train, *, image_size, ndf, head_1x1):
     n = _check_layout("torch_1x1" if head_1x1 else "torch", image_size)
     h, idx = x, 0
     for i in range(n + 1 if head_1x1 else n):
-        h = nn.Conv(ndf * 2**i, (4, 4), strides=(2, 2), padding=_TORCH_DOWN_PAD, use_bias=False,
-                    kernel_init=_INIT, conv_general_dilated=conv.conv_general_dilated,
-                    name=f"main_{idx}")(h)  # fmt: skip
+        h = conv.Conv(ndf * 2**i, (4, 4), strides=(2, 2), padding=_TORCH_DOWN_PAD,
+                      use_bias=False, kernel_init=_INIT, name=f"main_{idx}")(h)  # fmt: skip
         if i > 0:  # no batch norm on the input layer
             h = _batch_norm(train, f"main_{idx + 1}")(h)
         h = nn.leaky_relu(h, LEAKY_SLOPE)
@@ -223,8 +222,8 @@ class Discriminator(nn.Module):
         base, n = num_upsamplings(self.image_size)
         h = x
         for i in range(n):
-            h = nn.Conv(self.ndf * 2**i, (4, 4), strides=(2, 2), padding="SAME", kernel_init=_INIT,
-                        conv_general_dilated=conv.conv_general_dilated)(h)  # fmt: skip
+            h = conv.Conv(self.ndf * 2**i, (4, 4), strides=(2, 2), padding="SAME",
+                          kernel_init=_INIT)(h)  # fmt: skip
             # No batch norm on the discriminator input layer (paper Sec. 3).
             h = h if i == 0 else _batch_norm(train)(h)
             h = nn.leaky_relu(h, LEAKY_SLOPE)

@@ -50,7 +50,7 @@ class FeatureExtractor(nn.Module):
         assert x.ndim == 4, f"expected NHWC images, got shape {x.shape}"
         h = x
         for i, ch in enumerate(self.channels):
-            h = nn.relu(nn.Conv(ch, (3, 3), conv_general_dilated=conv.conv_general_dilated)(h))
+            h = nn.relu(conv.Conv(ch, (3, 3))(h))
             if i < len(self.channels) - 1:
                 h = nn.avg_pool(h, (2, 2), strides=(2, 2), padding="SAME")
         h = h.reshape(h.shape[0], -1)

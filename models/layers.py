@@ -56,7 +56,7 @@ def default_init(scale: float = 1.0) -> jax.nn.initializers.Initializer:
 
 
 def _ddpm_conv(x, out_planes, kernel, stride, bias, dilation, init_scale):
-    return nn.Conv(
+    return conv.Conv(
         out_planes,
         kernel_size=(kernel, kernel),
         strides=(stride, stride),
@@ -65,7 +65,6 @@ def _ddpm_conv(x, out_planes, kernel, stride, bias, dilation, init_scale):
         kernel_dilation=(dilation, dilation),
         kernel_init=default_init(init_scale),
         bias_init=jax.nn.initializers.zeros,
-        conv_general_dilated=conv.conv_general_dilated,
     )(x)
 
 

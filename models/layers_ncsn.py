@@ -44,7 +44,7 @@ def _pytorch_conv_init(kernel_shape: tuple[int, ...], init_scale: float):
 def _ncsn_conv(x, out_planes, size, stride, bias, dilation, init_scale) -> Array:
     kernel_shape = (size, size, x.shape[-1], out_planes)
     kernel_init, bias_init = _pytorch_conv_init(kernel_shape, init_scale)
-    return nn.Conv(
+    return conv.Conv(
         out_planes,
         kernel_size=(size, size),
         strides=(stride, stride),
@@ -53,7 +53,6 @@ def _ncsn_conv(x, out_planes, size, stride, bias, dilation, init_scale) -> Array
         kernel_dilation=(dilation, dilation),
         kernel_init=kernel_init,
         bias_init=bias_init,
-        conv_general_dilated=conv.conv_general_dilated,
     )(x)
 
 
@@ -317,13 +316,7 @@ class ConvMeanPool(nn.Module):
     @nn.compact
     def __call__(self, inputs: Array) -> Array:
         k = self.kernel_size
-        h = nn.Conv(
-            self.output_dim,
-            (k, k),
-            padding="SAME",
-            use_bias=self.biases,
-            conv_general_dilated=conv.conv_general_dilated,
-        )(inputs)
+        h = conv.Conv(self.output_dim, (k, k), padding="SAME", use_bias=self.biases)(inputs)
         return _mean_pool2x2(h)
 
 
@@ -338,13 +331,7 @@ class MeanPoolConv(nn.Module):
     def __call__(self, inputs: Array) -> Array:
         k = self.kernel_size
         h = _mean_pool2x2(inputs)
-        return nn.Conv(
-            self.output_dim,
-            (k, k),
-            padding="SAME",
-            use_bias=self.biases,
-            conv_general_dilated=conv.conv_general_dilated,
-        )(h)
+        return conv.Conv(self.output_dim, (k, k), padding="SAME", use_bias=self.biases)(h)
 
 
 def _check_resample(resample: str | None) -> None:

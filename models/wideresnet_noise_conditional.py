@@ -33,7 +33,7 @@ import jax.numpy as jnp
 import numpy as np
 from jax import Array
 
-from models import conv as conv_lib
+from models import conv
 
 # Kaiming normal with fan_out, gain 2 (the autoaugment WRN init the original keeps).
 conv_kernel_init = jax.nn.initializers.variance_scaling(2.0, "fan_out", "normal")
@@ -92,14 +92,13 @@ class WideResnetBlock(nn.Module):
         else:
             orig_x = x
             block_x = _norm(x, "init_bn")
-        conv = dict(padding="SAME", use_bias=False, kernel_init=conv_kernel_init,
-                    conv_general_dilated=conv_lib.conv_general_dilated)  # fmt: skip
-        block_x = nn.Conv(self.channels, (3, 3), self.strides, name="conv1", **conv)(block_x)
+        same = dict(padding="SAME", use_bias=False, kernel_init=conv_kernel_init)
+        block_x = conv.Conv(self.channels, (3, 3), self.strides, name="conv1", **same)(block_x)
         if temb is not None:
             # Noise conditioning: a per-block projection of the embedding, broadcast over HW.
             block_x = block_x + nn.Dense(self.channels)(nn.swish(temb))[:, None, None, :]
         block_x = _norm(block_x, "bn_2")
-        block_x = nn.Conv(self.channels, (3, 3), name="conv2", **conv)(block_x)
+        block_x = conv.Conv(self.channels, (3, 3), name="conv2", **same)(block_x)
         return _output_add(block_x, orig_x)
 
 
@@ -168,8 +167,8 @@ class WideResnet(nn.Module):
         temb = nn.Dense(self.temb_dim)(nn.swish(temb))
 
         k = self.widen_factor
-        x = nn.Conv(16, (3, 3), padding="SAME", use_bias=False, kernel_init=conv_kernel_init,
-                    conv_general_dilated=conv_lib.conv_general_dilated, name="init_conv")(x)  # fmt: skip
+        x = conv.Conv(16, (3, 3), padding="SAME", use_bias=False, kernel_init=conv_kernel_init,
+                      name="init_conv")(x)  # fmt: skip
         x = WideResnetGroup(n, 16 * k, activate_before_residual=True)(x, temb)
         x = WideResnetGroup(n, 32 * k, (2, 2))(x, temb)
         x = WideResnetGroup(n, 64 * k, (2, 2))(x, temb)

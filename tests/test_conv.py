@@ -9,7 +9,10 @@ import numpy as np
 import pytest
 from jax import lax
 
-from models import conv, dcgan
+from configs.testing import ddpm_tiny, ddpmpp_tiny, ncsnpp_tiny, ncsnv2_tiny
+from models import conv, dcgan, feature_extractor
+from models import utils as mutils
+from models import wideresnet_noise_conditional as wrn
 
 CASES = {
     # name: (x shape, w shape, strides, padding, lhs_dilation, rhs_dilation, groups)
@@ -167,3 +170,68 @@ def test_dcgan_latent_gradient_in_a_loop_body_is_canonical(layout):
     body = lambda _, z: z - 1e-3 * jax.grad(energy)(z)  # noqa: E731
     looped = jax.jit(lambda z: lax.fori_loop(0, 2, body, z))
     assert _conv_dim_labels(looped.lower(z).compile().as_text()) == {"b01f_01io->b01f"}
+
+
+def _conv_dimension_numbers(jaxpr) -> list:
+    """The dimension numbers of every convolution in `jaxpr` and its sub-jaxprs."""
+    found = []
+    for eqn in jaxpr.eqns:
+        if eqn.primitive.name == "conv_general_dilated":
+            found.append(eqn.params["dimension_numbers"])
+        for value in eqn.params.values():
+            for sub in value if isinstance(value, (list, tuple)) else [value]:
+                if isinstance(sub, jax.extend.core.ClosedJaxpr):
+                    found += _conv_dimension_numbers(sub.jaxpr)
+                elif isinstance(sub, jax.extend.core.Jaxpr):
+                    found += _conv_dimension_numbers(sub)
+    return found
+
+
+def _score_net(module):
+    config = module.get_config()
+    model = mutils.get_model(config)
+    size, channels = config.data.image_size, config.data.num_channels
+    x, labels = jnp.ones((1, size, size, channels)), jnp.ones((1,), jnp.int32)
+    return lambda key: model.init(key, x, labels, train=False), lambda v: model.apply(
+        v, x, labels, train=False
+    )
+
+
+def _flax_net(model, *args):
+    return lambda key: model.init(key, *args), lambda v: model.apply(v, *args)
+
+
+NETWORKS = {
+    "ddpm": lambda: _score_net(ddpm_tiny),
+    "ddpm++": lambda: _score_net(ddpmpp_tiny),
+    "ncsn++": lambda: _score_net(ncsnpp_tiny),
+    "ncsnv2": lambda: _score_net(ncsnv2_tiny),
+    "wideresnet": lambda: _flax_net(
+        wrn.WideResnet(depth=10, widen_factor=1, num_classes=2, temb_dim=32),
+        jnp.ones((1, 8, 8, 3)),
+        jnp.ones((1,)),
+    ),  # fmt: skip
+    "feature extractor": lambda: _flax_net(
+        feature_extractor.FeatureExtractor(num_classes=2), jnp.ones((1, 8, 8, 1))
+    ),
+}
+
+
+@pytest.mark.parametrize("name", sorted(NETWORKS))
+def test_every_network_convolution_has_canonical_gradients(name):
+    """Every convolution of every network goes through `conv.conv_general_dilated`: the
+    gradient's convolutions (traced, not compiled) are all in the canonical NHWC/HWIO layout,
+    where a plain `nn.Conv` would add lax's permuted ones."""
+    init, apply = NETWORKS[name]()
+    variables = jax.eval_shape(init, jax.random.key(0))
+    variables = jax.tree.map(lambda a: jnp.full(a.shape, 0.01, a.dtype), variables)
+
+    def loss(params):
+        out = apply({**variables, "params": params})
+        return sum(jnp.sum(jnp.asarray(o, jnp.float32)) for o in jax.tree.leaves(out))
+
+    jaxpr = jax.make_jaxpr(jax.grad(loss))(variables["params"]).jaxpr
+    numbers = _conv_dimension_numbers(jaxpr)
+    assert numbers, "no convolution traced"
+    canonical = lax.conv_dimension_numbers((1, 1, 1, 1), (1, 1, 1, 1), conv.NHWC)
+    assert all(n == canonical for n in numbers), set(numbers)
