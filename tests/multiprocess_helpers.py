@@ -4,6 +4,13 @@ the multi-host path on one machine (test_multihost.py, test_run_lib.py)."""
 import os
 import subprocess
 
+import cpu_env
+
+
+def env(devices: int) -> dict:
+    """`cpu_env.env` with gloo CPU collectives (the processes' cross-host all-reduces)."""
+    return cpu_env.env(devices, JAX_CPU_COLLECTIVES_IMPLEMENTATION="gloo")
+
 
 def run_two_processes(make_cmd, env: dict, port_base: int, timeout: int = 600) -> list[str]:
     """Runs `make_cmd(i, *flags)` for processes i = 0, 1 with the coordinator flags, waits,

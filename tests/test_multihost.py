@@ -89,17 +89,13 @@ def gan_setup(setup):
     return setup
 
 
-def _env(devices: int) -> dict:
-    return cpu_env.env(devices, JAX_CPU_COLLECTIVES_IMPLEMENTATION="gloo")
-
-
 def _cmd(config, mode, workdir, *extra):
     return [sys.executable, os.path.join(ROOT, "main.py"), f"--config={config}",
             f"--mode={mode}", f"--workdir={workdir}", *extra]  # fmt: skip
 
 
 def run_single(config, mode, workdir):
-    done = subprocess.run(_cmd(config, mode, workdir), env=_env(8), capture_output=True,
+    done = subprocess.run(_cmd(config, mode, workdir), env=cpu_env.env(8), capture_output=True,
                           text=True, timeout=600)  # fmt: skip
     assert done.returncode == 0, done.stderr[-3000:]
     return done.stderr
@@ -108,7 +104,9 @@ def run_single(config, mode, workdir):
 def run_two(config, mode, workdirs):
     """Two processes x 4 devices; process i uses workdirs[i]."""
     return multiprocess_helpers.run_two_processes(
-        lambda i, *flags: _cmd(config, mode, workdirs[i], *flags), _env(4), port_base=21000
+        lambda i, *flags: _cmd(config, mode, workdirs[i], *flags),
+        multiprocess_helpers.env(4),
+        port_base=21000,
     )
 
 

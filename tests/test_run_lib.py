@@ -315,10 +315,6 @@ def _main_cmd(data_path, workdir, n_iters, *extra):
     ]
 
 
-def _env(devices):
-    return cpu_env.env(devices, JAX_CPU_COLLECTIVES_IMPLEMENTATION="gloo")
-
-
 def _wait_for_metrics_step(workdir, minimum, proc, timeout=240):
     """Waits until the run has logged step `minimum` (metrics.jsonl, one line a step)."""
     deadline, path = time.time() + timeout, os.path.join(workdir, "metrics.jsonl")
@@ -339,7 +335,7 @@ def test_sigterm_saves_and_the_next_run_resumes(tmp_path, data_path):
         "--config.training.snapshot_freq_for_preemption=100",
         "--config.training.snapshot_freq=100",
     ]
-    proc = subprocess.Popen(_main_cmd(data_path, workdir, 1000, *extra), env=_env(8),
+    proc = subprocess.Popen(_main_cmd(data_path, workdir, 1000, *extra), env=cpu_env.env(8),
                             stdout=subprocess.PIPE, stderr=subprocess.STDOUT)  # fmt: skip
     _wait_for_metrics_step(workdir, 2, proc)
     proc.send_signal(signal.SIGTERM)
@@ -347,7 +343,7 @@ def test_sigterm_saves_and_the_next_run_resumes(tmp_path, data_path):
     assert proc.returncode == 0, out[-2000:]
     (saved,) = [int(d) for d in os.listdir(os.path.join(workdir, "checkpoints")) if d.isdigit()]
     assert saved >= 2 and f"Received SIGTERM: checkpoint saved at step {saved}" in out, out[-2000:]
-    done = subprocess.run(_main_cmd(data_path, workdir, saved + 2, *extra), env=_env(8),
+    done = subprocess.run(_main_cmd(data_path, workdir, saved + 2, *extra), env=cpu_env.env(8),
                           capture_output=True, text=True, timeout=300)  # fmt: skip
     assert done.returncode == 0, done.stderr[-2000:]
     assert f"Resumed from checkpoint step {saved}" in done.stderr
@@ -360,7 +356,7 @@ def test_two_process_distributed_run_equals_single_process(tmp_path, data_path, 
     multi = str(tmp_path / "multi")
     multiprocess_helpers.run_two_processes(
         lambda i, *flags: _main_cmd(data_path, multi, 3, *flags),
-        _env(4),
+        multiprocess_helpers.env(4),
         port_base=20000,
         timeout=400,
     )
