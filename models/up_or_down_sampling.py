@@ -24,8 +24,6 @@ from jax import numpy as jnp
 
 from models import conv
 
-_NHWC = conv.NHWC
-
 
 class Conv2d(nn.Module):
     """Conv layer with optional fused FIR upsampling or downsampling (StyleGAN2).
@@ -60,7 +58,7 @@ class Conv2d(nn.Module):
         elif self.down:
             x = conv_downsample_2d(x, w, k=self.resample_kernel)
         else:
-            x = conv.conv_general_dilated(x, w, (1, 1), "SAME", dimension_numbers=_NHWC)
+            x = conv.conv_general_dilated(x, w, (1, 1), "SAME", dimension_numbers=conv.NHWC)
         if self.use_bias:
             b = self.param("bias", jax.nn.initializers.zeros, (x.shape[-1],))
             x = x + b.reshape((1, 1, 1, -1))
@@ -236,7 +234,7 @@ def upsample_conv_2d(
         window_strides=(1, 1),
         padding=((conv_size - 1, conv_size - 1),) * 2,
         lhs_dilation=(factor, factor),
-        dimension_numbers=_NHWC,
+        dimension_numbers=conv.NHWC,
     )
     return _simple_upfirdn_2d(x, k, pad0=(p + 1) // 2 + factor - 1, pad1=p // 2 + 1)
 
@@ -266,5 +264,5 @@ def conv_downsample_2d(
     p = (k.shape[0] - factor) + (conv_size - 1)
     x = _simple_upfirdn_2d(x, k, pad0=(p + 1) // 2, pad1=p // 2)
     return conv.conv_general_dilated(
-        x, w, window_strides=(factor, factor), padding="VALID", dimension_numbers=_NHWC
+        x, w, window_strides=(factor, factor), padding="VALID", dimension_numbers=conv.NHWC
     )
