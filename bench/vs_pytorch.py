@@ -64,8 +64,8 @@ class JaxWorker:
 
         import utils
 
-        # What the command lines set up (XLA:CPU options, compilation cache), when the checkout
-        # has it; a checkout from before issue 14 runs with JAX's defaults.
+        # The command lines' runtime set-up, when the checkout has it (a checkout from before
+        # issue 14 runs with JAX's defaults), with the compilation cache off: every start compiles.
         if hasattr(utils, "setup_jax_runtime"):
             utils.setup_jax_runtime(cache_dir="off")
         import jax.numpy as jnp
