@@ -130,6 +130,9 @@ class JaxWorker:
         loss_fn = self.score_model.score_loss_fn(c, self.sde, self.model, train=True)
         step = self.steps.make_train_step(loss_fn, tx, c.model.ema_rate, jax.random.key(0), ss, bs)
         # As run_lib.train: the jitted init of the whole state, then the state on its sharding.
+        # The forward cases use the train state's params from now on (as the torch worker's
+        # one model): their own init copy would stay on top of the state in the RSS.
+        self.params = None
         init = jax.jit(lambda k: self.score_model.create_train_state(c, self.model, tx, k))
         state = jax.device_put(init(jax.random.key(0)), ss)
         if hasattr(self.utils, "release_host_memory"):  # as run_lib.train does after its init
