@@ -21,7 +21,8 @@ except `dw` of 1x1 kernels (a dot instead of a convolution: float rounding, ~1e-
 
 It has `lax.conv_general_dilated`'s signature, so flax takes it as
 `nn.Conv(..., conv_general_dilated=conv.conv_general_dilated)`; `Conv` below is that `nn.Conv`
-(param names and shapes do not change), the one the networks use. Other layouts, `batch_group_count > 1`, `precision` and `preferred_element_type` use
+(param names and shapes do not change), the one the networks use. Other layouts,
+`batch_group_count > 1`, `precision` and `preferred_element_type` use
 `lax.conv_general_dilated` unchanged; grouped convolutions (the FIR filters of NCSN++, whose
 kernels are constants) get `dx` in canonical form and `dw` from `lax`.
 """
@@ -164,12 +165,12 @@ def _grad_lhs(g, x_shape, x_dtype, w, config):
     strides, padding, lhs_dilation, rhs_dilation, groups = config
     nd = len(x_shape) - 2
     in_shape, k_shape, out_shape = x_shape[1:-1], w.shape[:nd], g.shape[1:-1]
+    w = _after(w, g)  # all that is made of the kernel below waits for the backward pass
     if groups > 1:
         # [..., I/G, O] -> [..., G * I/G, O/G]: the group axis moves from O into I.
         *k, i_g, o = w.shape
         w = w.reshape(*k, i_g, groups, o // groups)
         w = jnp.moveaxis(w, nd + 1, nd).reshape(*k, groups * i_g, o // groups)
-    w = _after(w, g)
     # Flip the window, swap in/out: the transposed kernel in HWIO.
     w_t = jnp.swapaxes(lax.rev(w, tuple(range(nd))), nd, nd + 1)
     lhs_d = [_dilate(s, d) for s, d in zip(in_shape, lhs_dilation)]
