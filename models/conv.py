@@ -100,8 +100,31 @@ class Conv(nn.Conv):
     conv_general_dilated: Callable | None = conv_general_dilated
 
 
+def _pointwise(config, k_shape) -> bool:
+    """A 1x1 kernel, stride 1, no padding or dilation, one group: a matrix product over pixels."""
+    strides, padding, lhs_dilation, _, groups = config
+    return (
+        groups == 1
+        and all(k == 1 for k in k_shape)
+        and all(s == 1 for s in strides)
+        and all(d == 1 for d in lhs_dilation)
+        and all(p == (0, 0) for p in padding)
+    )
+
+
+def _pixels_dot(a, b, contract: int):
+    """`a` [N, spatial..., C] times `b` [C, D] (contract 0) or [D, C] (contract 1), per pixel."""
+    out = lax.dot_general(a.reshape(-1, a.shape[-1]), b, (((1,), (contract,)), ((), ())))
+    return out.reshape(*a.shape[:-1], out.shape[-1])
+
+
 def _raw(x, w, config):
     strides, padding, lhs_dilation, rhs_dilation, groups = config
+    nd = x.ndim - 2
+    if _pointwise(config, w.shape[:nd]):
+        # XLA:CPU runs a 1x1 convolution at half the speed of the same matrix product (DDPM++
+        # batch 8: 71-79 vs 180 GFLOP/s); the numbers are the same.
+        return _pixels_dot(x, w.reshape(w.shape[-2:]), 0)
     return lax.conv_general_dilated(
         x, w, strides, padding, lhs_dilation, rhs_dilation, _canonical_dn(x.ndim - 2),
         feature_group_count=groups,
@@ -166,6 +189,8 @@ def _grad_lhs(g, x_shape, x_dtype, w, config):
     nd = len(x_shape) - 2
     in_shape, k_shape, out_shape = x_shape[1:-1], w.shape[:nd], g.shape[1:-1]
     w = _after(w, g)  # all that is made of the kernel below waits for the backward pass
+    if _pointwise(config, k_shape):
+        return _pixels_dot(g, w.reshape(w.shape[-2:]), 1).astype(x_dtype)
     if groups > 1:
         # [..., I/G, O] -> [..., G * I/G, O/G]: the group axis moves from O into I.
         *k, i_g, o = w.shape
@@ -203,13 +228,7 @@ def _grad_rhs(g, x, w_shape, w_dtype, config):
         w = jnp.zeros(w_shape, w_dtype)
         return jax.vjp(lambda w: _raw(x, w, config), w)[1](g)[0]
     in_shape, k_shape, out_shape = x.shape[1:-1], w_shape[:nd], g.shape[1:-1]
-    pointwise = (
-        all(k == 1 for k in k_shape)
-        and all(s == 1 for s in strides)
-        and all(d == 1 for d in lhs_dilation)
-        and all(p == (0, 0) for p in padding)
-    )
-    if pointwise:
+    if _pointwise(config, k_shape):
         # A 1x1 conv is a matrix product over pixels; so is its kernel gradient.
         dw = lax.dot_general(
             x.reshape(-1, x.shape[-1]), g.reshape(-1, g.shape[-1]), (((0,), (0,)), ((), ()))

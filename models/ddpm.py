@@ -20,7 +20,7 @@ import flax.linen as nn
 from jax import Array
 from jax import numpy as jnp
 
-from models import layers
+from models import layers, normalization
 
 
 class DDPM(nn.Module):
@@ -106,7 +106,7 @@ class DDPM(nn.Module):
                 h = layers.Upsample(with_conv=self.resamp_with_conv)(h)
 
         assert not hs
-        h = act(nn.GroupNorm(num_groups=self.num_groups)(h))
+        h = act(normalization.GroupNorm(num_groups=self.num_groups)(h))
         h = layers.ddpm_conv3x3(h, x.shape[-1], init_scale=0.0)
 
         if self.scale_by_sigma:

@@ -17,7 +17,7 @@ import jax
 from jax import Array
 from jax import numpy as jnp
 
-from models import conv
+from models import conv, normalization
 
 Activation = Callable[[Array], Array]
 
@@ -167,7 +167,7 @@ class AttnBlock(nn.Module):
     @nn.compact
     def __call__(self, x: Array) -> Array:
         C = x.shape[-1]
-        h = nn.GroupNorm(num_groups=self.num_groups)(x)
+        h = normalization.GroupNorm(num_groups=self.num_groups)(x)
         q = NIN(C)(h)
         k = NIN(C)(h)
         v = NIN(C)(h)
@@ -230,12 +230,12 @@ class ResnetBlockDDPM(nn.Module):
     def __call__(self, x: Array, temb: Array | None = None, train: bool = True) -> Array:
         B, H, W, C = x.shape
         out_ch = self.out_ch if self.out_ch else C
-        h = self.act(nn.GroupNorm(num_groups=self.num_groups)(x))
+        h = self.act(normalization.GroupNorm(num_groups=self.num_groups)(x))
         h = ddpm_conv3x3(h, out_ch)
         # Per-channel bias from the time embedding.
         if temb is not None:
             h += nn.Dense(out_ch, kernel_init=default_init())(self.act(temb))[:, None, None, :]
-        h = self.act(nn.GroupNorm(num_groups=self.num_groups)(h))
+        h = self.act(normalization.GroupNorm(num_groups=self.num_groups)(h))
         h = nn.Dropout(self.dropout)(h, deterministic=not train)
         h = ddpm_conv3x3(h, out_ch, init_scale=0.0)
         if C != out_ch:

@@ -13,7 +13,7 @@ import numpy as np
 from jax import Array
 from jax import numpy as jnp
 
-from models import layers, up_or_down_sampling
+from models import layers, normalization, up_or_down_sampling
 
 conv1x1 = layers.ddpm_conv1x1
 conv3x3 = layers.ddpm_conv3x3
@@ -25,8 +25,8 @@ SQRT2 = np.sqrt(2.0)
 
 
 def group_norm(x: Array) -> Array:
-    """`nn.GroupNorm` with min(C // 4, 32) groups, created in the calling compact module."""
-    return nn.GroupNorm(num_groups=min(x.shape[-1] // 4, 32))(x)
+    """`normalization.GroupNorm` with min(C // 4, 32) groups, created in the calling compact module."""
+    return normalization.GroupNorm(num_groups=min(x.shape[-1] // 4, 32))(x)
 
 
 class GaussianFourierProjection(nn.Module):

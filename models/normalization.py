@@ -25,12 +25,57 @@ from jax import numpy as jnp
 EPS = 1e-5
 
 NORMALIZATIONS = ("InstanceNorm", "InstanceNorm++", "VarianceNorm", "GroupNorm")
+# flax's `nn.GroupNorm` epsilon, which every score network's GroupNorm uses (PyTorch: eps=1e-6).
+GROUP_NORM_EPS = 1e-6
 CONDITIONAL_NORMALIZATIONS = ("InstanceNorm++",)
 
 
 def _scale_init(key: Array, shape, dtype=jnp.float32) -> Array:
     """N(1, 0.02²): initialiser of every multiplicative InstanceNorm++ / VarianceNorm weight."""
     return jax.nn.initializers.normal(0.02)(key, shape, dtype) + 1.0
+
+
+def group_norm(x: Array, scale: Array, bias: Array, num_groups: int, epsilon: float) -> Array:
+    """Group normalisation of `x` [N, ..., C] over its non-batch axes and each group's channels.
+
+    The arithmetic of flax's `nn.GroupNorm` (mean and E[x^2] - mean^2 clipped at 0, then
+    `(x - mean) * (rsqrt(var + eps) * scale) + bias`), with the statistics summed per channel
+    first and then per group. flax reduces the [N, ..., G, C/G] view over the pixels and the
+    channels of a group at once, which XLA:CPU runs 5-10x slower (8x32x32x128: 2.0 vs 0.19 ms
+    for both statistics) and less accurately (relative error of the mean vs float64: 1e-6 vs
+    1e-7). The statistics are float32 at least, as flax's.
+    """
+    n, c = x.shape[0], x.shape[-1]
+    if c % num_groups:
+        raise ValueError(f"GroupNorm: {c} channels do not split into {num_groups} groups")
+    g = num_groups
+    xf = x.astype(jnp.promote_types(x.dtype, jnp.float32)).reshape(n, -1, c)
+    count = xf.shape[1] * (c // g)
+    mean = xf.sum(1).reshape(n, g, c // g).sum(-1) / count
+    mean2 = (xf * xf).sum(1).reshape(n, g, c // g).sum(-1) / count
+    var = jnp.maximum(0.0, mean2 - mean * mean)
+
+    def per_channel(v):  # [n, g] -> [n, 1, c]: the backward sums over pixels per channel too
+        return jnp.broadcast_to(v[:, :, None], (n, g, c // g)).reshape(n, 1, c)
+
+    mul = per_channel(jax.lax.rsqrt(var + epsilon)) * scale.reshape(1, 1, c)
+    y = (xf - per_channel(mean)) * mul + bias.reshape(1, 1, c)
+    return y.reshape(x.shape).astype(jnp.result_type(x, scale, bias))
+
+
+class GroupNorm(nn.Module):
+    """`nn.GroupNorm` (same name, params `scale` / `bias` of shape [C], numbers to float
+    rounding) computed by `group_norm`."""
+
+    num_groups: int = 32
+    epsilon: float = GROUP_NORM_EPS
+
+    @nn.compact
+    def __call__(self, x: Array) -> Array:
+        c = x.shape[-1]
+        scale = self.param("scale", nn.initializers.ones, (c,), jnp.float32)
+        bias = self.param("bias", nn.initializers.zeros, (c,), jnp.float32)
+        return group_norm(x, scale, bias, self.num_groups, self.epsilon)
 
 
 def _instance_norm_plus(x: Array, ddof: int) -> tuple[Array, Array]:
@@ -200,5 +245,5 @@ def get_normalization(
         return VarianceNorm2d
     if name == "GroupNorm":
         # The original returns flax's GroupNorm with its defaults (32 groups, epsilon 1e-6).
-        return nn.GroupNorm
+        return GroupNorm
     raise ValueError(f"Unknown normalization {name!r}; valid: {NORMALIZATIONS}")

@@ -33,7 +33,7 @@ import jax.numpy as jnp
 import numpy as np
 from jax import Array
 
-from models import conv
+from models import conv, normalization
 
 # Kaiming normal with fan_out, gain 2 (the autoaugment WRN init the original keeps).
 conv_kernel_init = jax.nn.initializers.variance_scaling(2.0, "fan_out", "normal")
@@ -46,7 +46,7 @@ def dense_kernel_init(key: Array, shape, dtype=jnp.float32) -> Array:
 
 def _norm(x: Array, name: str, relu: bool = True) -> Array:
     """GroupNorm (the original's BatchNorm replacement), then ReLU."""
-    x = nn.GroupNorm(num_groups=min(x.shape[-1] // 4, 32), epsilon=1e-5, name=name)(x)
+    x = normalization.GroupNorm(num_groups=min(x.shape[-1] // 4, 32), epsilon=1e-5, name=name)(x)
     return jax.nn.relu(x) if relu else x
 
 

@@ -219,13 +219,15 @@ def tiny_wrn_params():
 
 def test_classifier_grad_matches_finite_differences(tiny_wrn_params):
     """jax.grad of log softmax at the labels vs central differences along unit directions: on
-    the tiny WRN (float32, h = 1e-3: measured error <= 2.6e-3 of the largest derivative, falling
-    with h) and on the analytic posterior (float64, h = 1e-5)."""
+    the tiny WRN (float32, h = 3e-3: the rounding of the two float32 log-probabilities over 2h,
+    up to 2.5e-3 of the largest derivative at h = 1e-3, would decide the test; the AD gradient
+    equals flax's `nn.GroupNorm` network's to 3.5e-7) and on the analytic posterior (float64,
+    h = 1e-5)."""
     sde = sde_lib.VESDE(sigma_min=0.01, sigma_max=5.0, N=10)
     t = jnp.array([0.3, 0.7])
     logit_fn = cg.get_logit_fn(TINY_WRN, tiny_wrn_params, sde)
     x = jax.random.normal(jax.random.key(0), (2, 8, 8, 3))
-    _check_fd(logit_fn, x, t, jnp.array([1, 0]), h=1e-3, rtol=6e-3)
+    _check_fd(logit_fn, x, t, jnp.array([1, 0]), h=3e-3, rtol=6e-3)
     with jax.enable_x64():
         x = jnp.array([[0.3, -0.2], [1.5, 0.4]], jnp.float64)
         _check_fd(
