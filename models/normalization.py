@@ -47,7 +47,10 @@ def group_norm(x: Array, scale: Array, bias: Array, num_groups: int, epsilon: fl
     """
     n, c = x.shape[0], x.shape[-1]
     if c % num_groups:
-        raise ValueError(f"GroupNorm: {c} channels do not split into {num_groups} groups")
+        raise ValueError(
+            f"GroupNorm: {c} channels do not split into {num_groups} groups; use a channel "
+            f"count (nf) that is a multiple of {num_groups}, or a num_groups that divides {c}"
+        )
     g = num_groups
     xf = x.astype(jnp.promote_types(x.dtype, jnp.float32)).reshape(n, -1, c)
     count = xf.shape[1] * (c // g)

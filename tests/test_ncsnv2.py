@@ -418,3 +418,37 @@ def test_torch_to_flax_rejects_incomplete_or_unknown_entries(shared_dir):
     )
     with pytest.raises(ValueError, match="shape"):
         ncsnv2.torch_to_flax_ncsnv2(state_dict, jax_template)
+
+
+@pytest.mark.parametrize("shape, groups", [((2, 8, 8, 16), 4), ((3, 4, 4, 64), 32), ((2, 5, 8), 2)])
+def test_group_norm_matches_float64_and_flax(shape, groups):
+    """`normalization.GroupNorm`: the float64 closed form (per sample and group: (x - mean) /
+    sqrt(var + eps) * scale + bias), flax's `nn.GroupNorm` params and values, and its gradients."""
+    import flax.linen as nn
+
+    kx, ks, kb = jax.random.split(jax.random.key(0), 3)
+    x = jax.random.normal(kx, shape) * 3 + 1.5
+    c = shape[-1]
+    params = {"scale": jax.random.normal(ks, (c,)), "bias": jax.random.normal(kb, (c,))}
+    ours, theirs = normalization.GroupNorm(groups), nn.GroupNorm(num_groups=groups, epsilon=1e-6)
+    assert jax.tree.map(jnp.shape, ours.init(kx, x)) == jax.tree.map(jnp.shape, theirs.init(kx, x))
+    x64 = np.asarray(x, np.float64).reshape(shape[0], -1, groups, c // groups)
+    mean = x64.mean(axis=(1, 3), keepdims=True)
+    var = x64.var(axis=(1, 3), keepdims=True)
+    want = ((x64 - mean) / np.sqrt(var + 1e-6)).reshape(shape)
+    want = want * np.asarray(params["scale"], np.float64) + np.asarray(params["bias"], np.float64)
+    got = ours.apply({"params": params}, x)
+    scale = np.abs(want).max()
+    np.testing.assert_allclose(got, want, rtol=0, atol=2e-6 * scale)
+    np.testing.assert_allclose(got, theirs.apply({"params": params}, x), rtol=0, atol=4e-6 * scale)
+
+    def loss(m):
+        return lambda p, x: jnp.sum(jnp.sin(m.apply({"params": p}, x)))
+
+    for a, b in zip(
+        jax.grad(loss(ours), (0, 1))(params, x), jax.grad(loss(theirs), (0, 1))(params, x)
+    ):
+        for u, v in zip(jax.tree.leaves(a), jax.tree.leaves(b)):
+            np.testing.assert_allclose(u, v, rtol=0, atol=1e-5 * float(np.abs(v).max()))
+    with pytest.raises(ValueError, match="multiple of 3"):
+        normalization.GroupNorm(3).init(kx, x[..., :4])  # 4 channels, 3 groups
