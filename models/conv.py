@@ -128,7 +128,7 @@ def _raw(x, w, config):
         # batch 8: 71-94 vs 160-190 GFLOP/s); the sums are the same up to float rounding.
         return _pixels_dot(x, w.reshape(w.shape[-2:]), 0)
     return lax.conv_general_dilated(
-        x, w, strides, padding, lhs_dilation, rhs_dilation, _canonical_dn(x.ndim - 2),
+        x, w, strides, padding, lhs_dilation, rhs_dilation, _canonical_dn(nd),
         feature_group_count=groups,
     )  # fmt: skip
 

@@ -25,7 +25,7 @@ SQRT2 = np.sqrt(2.0)
 
 
 def group_norm(x: Array) -> Array:
-    """`normalization.GroupNorm` with min(C // 4, 32) groups, created in the calling compact module."""
+    """`normalization.GroupNorm` with min(C // 4, 32) groups, made in the calling compact module."""
     return normalization.GroupNorm(num_groups=min(x.shape[-1] // 4, 32))(x)
 
 

@@ -25,9 +25,9 @@ from jax import numpy as jnp
 EPS = 1e-5
 
 NORMALIZATIONS = ("InstanceNorm", "InstanceNorm++", "VarianceNorm", "GroupNorm")
+CONDITIONAL_NORMALIZATIONS = ("InstanceNorm++",)
 # flax's `nn.GroupNorm` epsilon, which every score network's GroupNorm uses (PyTorch: eps=1e-6).
 GROUP_NORM_EPS = 1e-6
-CONDITIONAL_NORMALIZATIONS = ("InstanceNorm++",)
 
 
 def _scale_init(key: Array, shape, dtype=jnp.float32) -> Array:

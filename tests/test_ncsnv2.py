@@ -6,6 +6,7 @@ Full-size models are only traced (`jax.eval_shape`); forward passes use nf=16 mo
 import json
 import pathlib
 
+import flax.linen as nn
 import jax
 import ml_collections
 import numpy as np
@@ -424,8 +425,6 @@ def test_torch_to_flax_rejects_incomplete_or_unknown_entries(shared_dir):
 def test_group_norm_matches_float64_and_flax(shape, groups):
     """`normalization.GroupNorm`: the float64 closed form (per sample and group: (x - mean) /
     sqrt(var + eps) * scale + bias), flax's `nn.GroupNorm` params and values, and its gradients."""
-    import flax.linen as nn
-
     kx, ks, kb = jax.random.split(jax.random.key(0), 3)
     x = jax.random.normal(kx, shape) * 3 + 1.5
     c = shape[-1]
