@@ -17,7 +17,7 @@ import jax
 from jax import Array
 from jax import numpy as jnp
 
-from models import conv, normalization
+from models import conv, fusion, normalization
 
 Activation = Callable[[Array], Array]
 
@@ -172,7 +172,7 @@ class AttnBlock(nn.Module):
         k = NIN(C)(h)
         v = NIN(C)(h)
         h = NIN(C, init_scale=0.0)(attention(x, q, k, v))
-        return x + h
+        return fusion.boundary(x + h)
 
 
 class Upsample(nn.Module):
@@ -244,4 +244,4 @@ class ResnetBlockDDPM(nn.Module):
             else:
                 x = NIN(out_ch)(x)
         assert h.shape == x.shape == (B, H, W, out_ch)
-        return x + h
+        return fusion.boundary(x + h)

@@ -13,7 +13,7 @@ import numpy as np
 from jax import Array
 from jax import numpy as jnp
 
-from models import layers, normalization, up_or_down_sampling
+from models import fusion, layers, normalization, up_or_down_sampling
 
 conv1x1 = layers.ddpm_conv1x1
 conv3x3 = layers.ddpm_conv3x3
@@ -86,7 +86,7 @@ class AttnBlockpp(nn.Module):
         k = NIN(C)(h)
         v = NIN(C)(h)
         h = NIN(C, init_scale=self.init_scale)(layers.attention(x, q, k, v))
-        return (x + h) / SQRT2 if self.skip_rescale else x + h
+        return fusion.boundary((x + h) / SQRT2 if self.skip_rescale else x + h)
 
 
 class Upsample(nn.Module):
@@ -200,7 +200,7 @@ class ResnetBlockDDPMpp(nn.Module):
         if C != out_ch:
             x = conv3x3(x, out_ch) if self.conv_shortcut else NIN(out_ch)(x)
         assert h.shape == x.shape == (B, H, W, out_ch)
-        return (x + h) / SQRT2 if self.skip_rescale else x + h
+        return fusion.boundary((x + h) / SQRT2 if self.skip_rescale else x + h)
 
 
 class ResnetBlockBigGANpp(nn.Module):
@@ -260,4 +260,4 @@ class ResnetBlockBigGANpp(nn.Module):
         if C != out_ch or self.up or self.down:
             x = conv1x1(x, out_ch)
         assert h.shape == x.shape, (h.shape, x.shape)
-        return (x + h) / SQRT2 if self.skip_rescale else x + h
+        return fusion.boundary((x + h) / SQRT2 if self.skip_rescale else x + h)
