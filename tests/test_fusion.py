@@ -25,6 +25,7 @@ def test_boundary_is_the_identity_bit_for_bit(enabled):
     np.testing.assert_array_equal(_bits(y), _bits(x))
     t = np.random.default_rng(1).normal(size=x.shape).astype(np.float32)
     primal, tangent = jax.jvp(lambda v: fusion.boundary(v, enabled), (x,), (t,))
+    np.testing.assert_array_equal(_bits(primal), _bits(x))
     np.testing.assert_array_equal(_bits(tangent), _bits(t))
     _, vjp = jax.vjp(lambda v: fusion.boundary(v, enabled), x)
     np.testing.assert_array_equal(_bits(vjp(t)[0]), _bits(t))
