@@ -228,6 +228,9 @@ class ResnetBlockDDPM(nn.Module):
 
     @nn.compact
     def __call__(self, x: Array, temb: Array | None = None, train: bool = True) -> Array:
+        return fusion.remat(type(self)._body, self, x, temb, train, static_argnums=(3,))
+
+    def _body(self, x: Array, temb: Array | None, train: bool) -> Array:
         B, H, W, C = x.shape
         out_ch = self.out_ch if self.out_ch else C
         h = self.act(normalization.GroupNorm(num_groups=self.num_groups)(x))
@@ -236,7 +239,7 @@ class ResnetBlockDDPM(nn.Module):
         if temb is not None:
             h += nn.Dense(out_ch, kernel_init=default_init())(self.act(temb))[:, None, None, :]
         h = self.act(normalization.GroupNorm(num_groups=self.num_groups)(h))
-        h = nn.Dropout(self.dropout)(h, deterministic=not train)
+        h = fusion.Dropout(self.dropout)(h, deterministic=not train)
         h = ddpm_conv3x3(h, out_ch, init_scale=0.0)
         if C != out_ch:
             if self.conv_shortcut:

@@ -187,6 +187,9 @@ class ResnetBlockDDPMpp(nn.Module):
 
     @nn.compact
     def __call__(self, x: Array, temb: Array | None = None, train: bool = True) -> Array:
+        return fusion.remat(type(self)._body, self, x, temb, train, static_argnums=(3,))
+
+    def _body(self, x: Array, temb: Array | None, train: bool) -> Array:
         B, H, W, C = x.shape
         out_ch = self.out_ch if self.out_ch else C
         h = self.act(group_norm(x))
@@ -195,7 +198,7 @@ class ResnetBlockDDPMpp(nn.Module):
         if temb is not None:
             h += nn.Dense(out_ch, kernel_init=default_init())(self.act(temb))[:, None, None, :]
         h = self.act(group_norm(h))
-        h = nn.Dropout(self.dropout)(h, deterministic=not train)
+        h = fusion.Dropout(self.dropout)(h, deterministic=not train)
         h = conv3x3(h, out_ch, init_scale=self.init_scale)
         if C != out_ch:
             x = conv3x3(x, out_ch) if self.conv_shortcut else NIN(out_ch)(x)
@@ -245,6 +248,9 @@ class ResnetBlockBigGANpp(nn.Module):
 
     @nn.compact
     def __call__(self, x: Array, temb: Array | None = None, train: bool = True) -> Array:
+        return fusion.remat(type(self)._body, self, x, temb, train, static_argnums=(3,))
+
+    def _body(self, x: Array, temb: Array | None, train: bool) -> Array:
         assert not (self.up and self.down)
         C = x.shape[-1]
         out_ch = self.out_ch if self.out_ch else C
@@ -255,7 +261,7 @@ class ResnetBlockBigGANpp(nn.Module):
         if temb is not None:
             h += nn.Dense(out_ch, kernel_init=default_init())(self.act(temb))[:, None, None, :]
         h = self.act(group_norm(h))
-        h = nn.Dropout(self.dropout)(h, deterministic=not train)
+        h = fusion.Dropout(self.dropout)(h, deterministic=not train)
         h = conv3x3(h, out_ch, init_scale=self.init_scale)
         if C != out_ch or self.up or self.down:
             x = conv1x1(x, out_ch)
