@@ -74,14 +74,13 @@ def _repeat(dataset):
             raise ValueError("the evaluation split yields no batch: lower eval.batch_size")
 
 
+def _image_shape(config) -> tuple[int, int, int]:
+    return (config.data.image_size, config.data.image_size, config.data.num_channels)
+
+
 def _snapshot_sampler(config, sde, model, eps):
     """`sample_fn(key, params) -> images in [0, 1]` with the config's sampler."""
-    shape = (
-        config.training.batch_size,
-        config.data.image_size,
-        config.data.image_size,
-        config.data.num_channels,
-    )
+    shape = (config.training.batch_size, *_image_shape(config))
     fn = sampling.get_sampling_fn(
         config, sde, model, shape, datasets.get_data_inverse_scaler(config), eps
     )
@@ -119,6 +118,19 @@ def _train(config, workdir: str, schedule: loop.Schedule):
     init_key = jax.random.fold_in(base_key, -1 % 2**31)
     manager = checkpoints.checkpoint_manager(workdir, config.training.snapshot_freq)
     abstract = score_model.abstract_train_state(config, model, tx)
+    train_step = steps.make_train_step(
+        score_model.score_loss_fn(config, sde, model, train=True),
+        tx,
+        config.model.ema_rate,
+        base_key,
+        state_sharding,
+        train_sharding,
+        loss_name="training_loss",
+    )
+    # Compiled before the state exists: XLA's transient compile memory (~1.5 GB for the CIFAR-10
+    # models) would otherwise sit on top of it and set the run's peak RSS on CPU.
+    batch_shape = (schedule.steps_per_call, config.training.batch_size) + _image_shape(config)
+    train_step.compile_ahead(abstract, jax.ShapeDtypeStruct(batch_shape, np.float32))
 
     def init():
         state = jax.jit(lambda k: score_model.create_train_state(config, model, tx, k))(init_key)
@@ -137,15 +149,6 @@ def _train(config, workdir: str, schedule: loop.Schedule):
 
     train_iter, eval_iter = _data_iterators(config, initial_step // schedule.steps_per_call)
     scaler = datasets.get_data_scaler(config)
-    train_step = steps.make_train_step(
-        score_model.score_loss_fn(config, sde, model, train=True),
-        tx,
-        config.model.ema_rate,
-        base_key,
-        state_sharding,
-        train_sharding,
-        loss_name="training_loss",
-    )
     eval_step = steps.make_eval_step(
         score_model.score_loss_fn(config, sde, model, train=False),
         base_key,
@@ -261,7 +264,7 @@ def _eval_loss(config, eval_step, state, mesh) -> float:
 def _sample_checkpoint(config, state, sde, model, eps, folder: str, ckpt: int, mesh):
     """`eval.num_samples` uint8 samples of checkpoint `ckpt`, in resumable rounds."""
     b = config.eval.batch_size
-    shape = (b, config.data.image_size, config.data.image_size, config.data.num_channels)
+    shape = (b, *_image_shape(config))
     sampling_fn = sampling.get_sampling_fn(
         config,
         sde,

@@ -129,10 +129,14 @@ class JaxWorker:
         bs = self.devices.batch_sharding(mesh, steps_axis=True)
         loss_fn = self.score_model.score_loss_fn(c, self.sde, self.model, train=True)
         step = self.steps.make_train_step(loss_fn, tx, c.model.ema_rate, jax.random.key(0), ss, bs)
-        # As run_lib.train: the jitted init of the whole state, then the state on its sharding.
+        # As run_lib.train: the step compiled before the state exists (in checkouts that have
+        # `compile_ahead`), the jitted init of the whole state, then the state on its sharding.
         # The forward cases use the train state's params from now on (as the torch worker's
         # one model): their own init copy would stay on top of the state in the RSS.
         self.params = None
+        if hasattr(step, "compile_ahead"):
+            abstract = self.score_model.abstract_train_state(c, self.model, tx)
+            step.compile_ahead(abstract, jax.ShapeDtypeStruct((1, b, 32, 32, 3), self.jnp.float32))
         init = jax.jit(lambda k: self.score_model.create_train_state(c, self.model, tx, k))
         state = jax.device_put(init(jax.random.key(0)), ss)
         if hasattr(self.utils, "release_host_memory"):  # as run_lib.train does after its init
