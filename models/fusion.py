@@ -27,9 +27,10 @@ default:
     threefry bits, two u32 words per element, and recompared them.
   * `remat`: a residual block whose only saved values are its inputs, its convolution / matrix
     product outputs and its dropout masks; GroupNorm, the activations and the convolutions'
-    inputs are recomputed when the backward pass reaches the block. XLA:CPU otherwise stores
-    per `act(GN(x)) -> conv` the centred input, the activation and the transposed conv input:
-    three copies of a map that is itself already stored.
+    inputs are recomputed. XLA:CPU otherwise stores per `act(GN(x)) -> conv` the centred input,
+    the activation and the transposed conv input: three copies of a map that is itself already
+    stored. (Its scheduler still runs most of the recomputation at the end of the forward pass;
+    the transposed conv inputs wait for the cotangent, `conv._grad_rhs`.)
 In the DDPM++ cont. train step at batch 8 the two take XLA's temp buffer from 984 to 693 MiB
 (NCSN++ cont.: 864 after the first -> 715 MiB), at the same step time.
 """
