@@ -103,6 +103,11 @@ class DatasetInfo:
     location: str
 
 
+def image_shape(config) -> tuple[int, int, int]:
+    """`(H, W, C)` of one model-side image of `config.data`."""
+    return (config.data.image_size, config.data.image_size, config.data.num_channels)
+
+
 def get_data_scaler(config):
     """Data normalizer: [0, 1] -> [-1, 1] if `config.data.centered`, else the identity."""
     if config.data.centered:

@@ -74,13 +74,9 @@ def _repeat(dataset):
             raise ValueError("the evaluation split yields no batch: lower eval.batch_size")
 
 
-def _image_shape(config) -> tuple[int, int, int]:
-    return (config.data.image_size, config.data.image_size, config.data.num_channels)
-
-
 def _snapshot_sampler(config, sde, model, eps):
     """`sample_fn(key, params) -> images in [0, 1]` with the config's sampler."""
-    shape = (config.training.batch_size, *_image_shape(config))
+    shape = (config.training.batch_size, *datasets.image_shape(config))
     fn = sampling.get_sampling_fn(
         config, sde, model, shape, datasets.get_data_inverse_scaler(config), eps
     )
@@ -129,7 +125,8 @@ def _train(config, workdir: str, schedule: loop.Schedule):
     )
     # Compiled before the state exists: XLA's transient compile memory (~1.5 GB for the CIFAR-10
     # models) would otherwise sit on top of it and set the run's peak RSS on CPU.
-    batch_shape = (schedule.steps_per_call, config.training.batch_size) + _image_shape(config)
+    image_shape = datasets.image_shape(config)
+    batch_shape = (schedule.steps_per_call, config.training.batch_size, *image_shape)
     train_step.compile_ahead(abstract, jax.ShapeDtypeStruct(batch_shape, np.float32))
 
     def init():
@@ -264,7 +261,7 @@ def _eval_loss(config, eval_step, state, mesh) -> float:
 def _sample_checkpoint(config, state, sde, model, eps, folder: str, ckpt: int, mesh):
     """`eval.num_samples` uint8 samples of checkpoint `ckpt`, in resumable rounds."""
     b = config.eval.batch_size
-    shape = (b, *_image_shape(config))
+    shape = (b, *datasets.image_shape(config))
     sampling_fn = sampling.get_sampling_fn(
         config,
         sde,

@@ -134,14 +134,15 @@ class JaxWorker:
         # The forward cases use the train state's params from now on (as the torch worker's
         # one model): their own init copy would stay on top of the state in the RSS.
         self.params = None
+        batch_shape = (1, b, 32, 32, 3)
         if hasattr(step, "compile_ahead"):
             abstract = self.score_model.abstract_train_state(c, self.model, tx)
-            step.compile_ahead(abstract, jax.ShapeDtypeStruct((1, b, 32, 32, 3), self.jnp.float32))
+            step.compile_ahead(abstract, jax.ShapeDtypeStruct(batch_shape, self.jnp.float32))
         init = jax.jit(lambda k: self.score_model.create_train_state(c, self.model, tx, k))
         state = jax.device_put(init(jax.random.key(0)), ss)
         if hasattr(self.utils, "release_host_memory"):  # as run_lib.train does after its init
             self.utils.release_host_memory()
-        x = jax.device_put(jax.random.uniform(jax.random.key(2), (1, b, 32, 32, 3)), bs)
+        x = jax.device_put(jax.random.uniform(jax.random.key(2), batch_shape), bs)
         box = [state]
 
         def run():

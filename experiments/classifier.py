@@ -106,7 +106,7 @@ def classifier_setup(config, classifier_config):
     """(classifier, tx, abstract state, image shape) for the score config's image shape."""
     classifier = create_classifier(classifier_config)
     tx = losses.get_optimizer(classifier_config)
-    image_shape = (config.data.image_size, config.data.image_size, config.data.num_channels)
+    image_shape = datasets.image_shape(config)
     abstract = jax.eval_shape(
         lambda: create_classifier_state(classifier, tx, jax.random.key(0), image_shape)
     )

@@ -164,7 +164,7 @@ def build(config):
     """`(generator, discriminator, tx, abstract_state)` for `config` (model.name='dcgan')."""
     generator, discriminator = dcgan.get_gan(config)
     tx = gan_optimizer(config)
-    shape = (config.data.image_size, config.data.image_size, config.data.num_channels)
+    shape = datasets.image_shape(config)
     abstract = jax.eval_shape(
         lambda: init_state(
             generator, discriminator, tx, jax.random.key(0), shape, config.model.z_dim

@@ -144,8 +144,7 @@ def cell_metrics(ctx: RunContext, spec: SweepSpec, cell: Cell, samples, folder: 
 def evaluate_cell(ctx: RunContext, cell: Cell, spec: SweepSpec, out_dir: str) -> dict:
     """Samples and scores one cell; returns its record (what `cells/<cell_id>.json` holds)."""
     config = ctx.run.config
-    shape = (spec.batch_size, config.data.image_size, config.data.image_size)
-    shape += (config.data.num_channels,)
+    shape = (spec.batch_size, *datasets.image_shape(config))
     fn = build_sampling_fn(config, cell, ctx.model, shape, devices.batch_sharding(ctx.mesh))
     work_dir = fileio.makedirs(fileio.join(out_dir, "work", cell.cell_id))
     # Repeat r: seed + r (repeat 0 is the seed of a single-run sweep). Every cell of a repeat

@@ -179,8 +179,8 @@ def _after(a: Array, g: Array) -> Array:
     they all ran at the start of the train step, and each copy stayed live until the backward
     pass reached its layer: ~210 MB of the peak of a DDPM++ train step at batch 8 (XLA's temp
     buffer 1206 -> 998 MB). The transposed input of `dw` likewise depends on the forward pass
-    alone (with `fusion.remat` blocks, 165 MiB of that peak). `lax.optimization_barrier` does not hold them back (XLA:CPU removes
-    barriers before scheduling). The value is `a` exactly; a non-finite `g[0]` makes it
+    alone (with `fusion.remat` blocks, 165 MiB of that peak). `lax.optimization_barrier` does
+    not hold them back (XLA:CPU removes barriers before scheduling). The value is `a` exactly; a non-finite `g[0]` makes it
     non-finite, and the gradient is non-finite then anyway.
     """
     return a + jnp.zeros((), a.dtype) * g.reshape(-1)[0].astype(a.dtype)

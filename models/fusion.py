@@ -72,8 +72,11 @@ def forced(enabled: bool) -> Iterator[None]:
         _FORCED.reset(token)
 
 
-def default_enabled() -> bool:
-    """What `enabled=None` means: the `forced` value, else True on the CPU backend."""
+def default_enabled(enabled: bool | None = None) -> bool:
+    """`enabled` when given; else (what `enabled=None` means) the `forced` value, else True on
+    the CPU backend."""
+    if enabled is not None:
+        return enabled
     forced_value = _FORCED.get()
     return jax.default_backend() == "cpu" if forced_value is None else forced_value
 
@@ -86,7 +89,7 @@ def _negate_twice(x: Array) -> Array:
 
 def boundary(x: Array, enabled: bool | None = None) -> Array:
     """`x`, materialised by XLA (values and cotangents) when `enabled` (None: on CPU)."""
-    if not (default_enabled() if enabled is None else enabled):
+    if not default_enabled(enabled):
         return x
     keep = lax.optimization_barrier(jnp.bool_(True))
     return lax.cond(keep, lambda v: v, _negate_twice, x)
@@ -97,7 +100,7 @@ def remat(method: Callable, module: nn.Module, *args, static_argnums=(), enabled
     None: `default_enabled()`). `method` is the module's own body (submodules made inline keep
     their names, so params and checkpoints do not change); `static_argnums` count `module` as 0.
     Values equal those without it; gradients up to float rounding."""
-    if not (default_enabled() if enabled is None else enabled):
+    if not default_enabled(enabled):
         return method(module, *args)
     wrapped = nn.checkpoint(method, policy=REMAT_POLICY, static_argnums=static_argnums)
     return wrapped(module, *args)
