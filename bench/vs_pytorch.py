@@ -10,7 +10,8 @@ Cases, per model (one fresh worker pair per model):
   train8  one train step, batch 8: loss, backward, grad-norm clip, Adam, EMA (this project:
           `training.steps.make_train_step` as `run_lib.train` builds it, n_jitted_steps=1;
           PyTorch: the reference `losses.get_step_fn`); median of `--repeats` after warm-up.
-  rss     peak RSS of the worker after init + train8 (`ru_maxrss`, compilation included).
+  rss     peak RSS of the worker after init + train8 (`ru_maxrss`, compilation included); the
+          cases run in this order, whatever `--cases` lists.
   fwd1, fwd8  the jitted `model.apply` / `model(x, labels)` under `no_grad`, eval mode.
   pc      the config's PC sampler at batch 8. N = 1000 steps take ~2000 s a side on 2 cores, so
           both sides run `--pc_steps` steps (the same SDE with N = pc_steps: per-step cost
@@ -451,6 +452,11 @@ def main():
         return worker_main(args)
     if bool(args.torch_python) != bool(args.torch_ref):
         parser.error("--torch_python and --torch_ref go together")
+    if "rss" in args.cases and "train8" not in args.cases:
+        parser.error("--cases rss needs train8 (it is the peak RSS of init + train8)")
+    # In CASES order whatever the command line's: rss is read right after train8, before the
+    # forward cases compile (their executables would count in a peak that is the train step's).
+    args.cases = [c for c in CASES if c in args.cases]
     if not args.torch_python:
         print("No --torch_python / --torch_ref: PyTorch side skipped, no ratios (see --help).")
     # VP refuses N <= beta_max (=20): 25 steps; VE PC has a corrector (2 NFE a step): 12.

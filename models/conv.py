@@ -102,6 +102,85 @@ class Conv(nn.Conv):
     conv_general_dilated: Callable | None = conv_general_dilated
 
 
+_PHASE_PADDING = ((1, 0), (0, 1))  # the input pixels (i - 1, i), (i, i + 1) of the two phases
+
+
+def _phase_taps(w: Array, phase: int, axis: int) -> Array:
+    """The 3 taps of `w` along `axis` as output phase `phase` of a nearest-2x-upsampled input
+    sees them: output `2i` covers upsampled pixels `2i - 1, 2i, 2i + 1` = input `i - 1, i, i`;
+    output `2i + 1` covers input `i, i, i + 1`. Two taps, the repeated pixel's summed."""
+    t = [lax.index_in_dim(w, i, axis) for i in range(3)]
+    pair = (t[0], t[1] + t[2]) if phase == 0 else (t[0] + t[1], t[2])
+    return jnp.concatenate(pair, axis)
+
+
+def upsampled_conv_general_dilated(
+    lhs: Array,
+    rhs: Array,
+    window_strides: Sequence[int],
+    padding: str | Sequence[tuple[int, int]],
+    lhs_dilation: Sequence[int] | None = None,
+    rhs_dilation: Sequence[int] | None = None,
+    dimension_numbers=None,
+    feature_group_count: int = 1,
+    batch_group_count: int = 1,
+    precision=None,
+    preferred_element_type=None,
+) -> Array:
+    """`conv_general_dilated` of `lhs` upsampled 2x by nearest neighbour (each pixel repeated
+    2 x 2), as `Conv(..., conv_general_dilated=upsampled_conv_general_dilated)` takes it.
+
+    A 3x3 'SAME' stride-1 kernel in NHWC / HWIO is computed at the input's resolution, one 2x2
+    convolution per output phase (`_phase_taps`), interleaved: 16 instead of 36 multiply-adds
+    per input pixel, and no upsampled copy of the input. Values equal the upsample-then-convolve
+    ones up to float rounding (the repeated pixel's two taps are added first), as do gradients.
+    Measured on 2 cores (batch 8, 256 channels, 16x16 -> 32x32): forward 51 -> 22 ms, forward +
+    both gradients 216 -> 51 ms; 8x8 -> 16x16: 12 -> 6 and 34 -> 15 ms. Any other convolution
+    upsamples first and goes to `conv_general_dilated`.
+    """
+    if lhs.ndim != 4:
+        raise ValueError(f"upsampled_conv_general_dilated: a 2-D NHWC input, got {lhs.shape}")
+    n, h, w, c = lhs.shape
+    upsampled_shape = (n, 2 * h, 2 * w, c)
+    dn = lax.conv_dimension_numbers(upsampled_shape, rhs.shape, dimension_numbers)
+    if dn.lhs_spec != _canonical_dn(2).lhs_spec:
+        raise ValueError(
+            f"upsampled_conv_general_dilated: the input must be NHWC, got {dimension_numbers}"
+        )
+    phased = (
+        rhs.shape[:2] == (3, 3)
+        and dn == _canonical_dn(2)
+        and tuple(window_strides) == (1, 1)
+        and all(d == 1 for d in (lhs_dilation or ()) + tuple(rhs_dilation or ()))
+        and feature_group_count == batch_group_count == 1
+        and precision is None
+        and preferred_element_type is None
+        and (padding == "SAME" or tuple(map(tuple, padding)) == ((1, 1), (1, 1)))
+    )
+    if not phased:
+        up = jnp.broadcast_to(lhs[:, :, None, :, None, :], (n, h, 2, w, 2, c))
+        return conv_general_dilated(
+            up.reshape(upsampled_shape), rhs, window_strides, padding, lhs_dilation,
+            rhs_dilation, dimension_numbers, feature_group_count, batch_group_count, precision,
+            preferred_element_type,
+        )  # fmt: skip
+    rows = []
+    for a in (0, 1):
+        rhs_a = _phase_taps(rhs, a, 0)
+        cols = [
+            conv_general_dilated(
+                lhs,
+                _phase_taps(rhs_a, b, 1),
+                (1, 1),
+                (_PHASE_PADDING[a], _PHASE_PADDING[b]),
+                dimension_numbers=NHWC,
+            )  # fmt: skip
+            for b in (0, 1)
+        ]
+        rows.append(jnp.stack(cols, axis=3))  # [N, H, W, b, O]
+    return jnp.stack(rows, axis=2).reshape(n, 2 * h, 2 * w, -1)  # [N, H, a, W, b, O]
+
+
 def _pointwise(config, k_shape) -> bool:
     """A 1x1 kernel, stride 1, no padding or dilation, one group: a matrix product over pixels."""
     strides, padding, lhs_dilation, _, groups = config

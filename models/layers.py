@@ -55,7 +55,7 @@ def default_init(scale: float = 1.0) -> jax.nn.initializers.Initializer:
     return jax.nn.initializers.variance_scaling(scale, "fan_avg", "uniform")
 
 
-def _ddpm_conv(x, out_planes, kernel, stride, bias, dilation, init_scale):
+def _ddpm_conv(x, out_planes, kernel, stride, bias, dilation, init_scale, upsample=False):
     return conv.Conv(
         out_planes,
         kernel_size=(kernel, kernel),
@@ -65,6 +65,9 @@ def _ddpm_conv(x, out_planes, kernel, stride, bias, dilation, init_scale):
         kernel_dilation=(dilation, dilation),
         kernel_init=default_init(init_scale),
         bias_init=jax.nn.initializers.zeros,
+        conv_general_dilated=(
+            conv.upsampled_conv_general_dilated if upsample else conv.conv_general_dilated
+        ),
     )(x)
 
 
@@ -87,13 +90,15 @@ def ddpm_conv3x3(
     bias: bool = True,
     dilation: int = 1,
     init_scale: float = 1.0,
+    upsample: bool = False,
 ) -> Array:
     """3x3 `nn.Conv` ('SAME') with DDPM init; call inside a compact module (named `Conv_k`).
 
     With stride 2 on an even size 'SAME' pads (0, 1), which score_sde_pytorch emulates with
-    `F.pad(x, (0, 1, 0, 1))`.
+    `F.pad(x, (0, 1, 0, 1))`. `upsample`: of `x` upsampled 2x by nearest neighbour, computed at
+    `x`'s resolution (`conv.upsampled_conv_general_dilated`; same params).
     """
-    return _ddpm_conv(x, out_planes, 3, stride, bias, dilation, init_scale)
+    return _ddpm_conv(x, out_planes, 3, stride, bias, dilation, init_scale, upsample)
 
 
 def get_timestep_embedding(
@@ -183,9 +188,10 @@ class Upsample(nn.Module):
     @nn.compact
     def __call__(self, x: Array) -> Array:
         B, H, W, C = x.shape
-        h = jax.image.resize(x, (B, H * 2, W * 2, C), "nearest")
         if self.with_conv:
-            h = ddpm_conv3x3(h, C)
+            h = ddpm_conv3x3(x, C, upsample=True)
+        else:
+            h = jax.image.resize(x, (B, H * 2, W * 2, C), "nearest")
         assert h.shape == (B, 2 * H, 2 * W, C)
         return h
 

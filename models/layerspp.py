@@ -108,10 +108,10 @@ class Upsample(nn.Module):
     def __call__(self, x: Array) -> Array:
         B, H, W, C = x.shape
         out_ch = self.out_ch if self.out_ch else C
-        if not self.fir:
+        if not self.fir and self.with_conv:
+            h = conv3x3(x, out_ch, upsample=True)
+        elif not self.fir:
             h = jax.image.resize(x, (B, H * 2, W * 2, C), "nearest")
-            if self.with_conv:
-                h = conv3x3(h, out_ch)
         elif not self.with_conv:
             h = up_or_down_sampling.upsample_2d(x, self.fir_kernel, factor=2)
         else:
@@ -255,8 +255,12 @@ class ResnetBlockBigGANpp(nn.Module):
         C = x.shape[-1]
         out_ch = self.out_ch if self.out_ch else C
         h = self.act(group_norm(x))
-        h, x = self._resample(h), self._resample(x)
-        h = conv3x3(h, out_ch)
+        # Nearest upsampling goes into the two convolutions, computed at `x`'s resolution: the
+        # 3x3 one per output phase, the 1x1 skip before upsampling (per pixel, so the same).
+        nearest_up = self.up and not self.fir
+        if not nearest_up:
+            h, x = self._resample(h), self._resample(x)
+        h = conv3x3(h, out_ch, upsample=nearest_up)
         # Per-channel bias from the time embedding.
         if temb is not None:
             h += nn.Dense(out_ch, kernel_init=default_init())(self.act(temb))[:, None, None, :]
@@ -265,5 +269,7 @@ class ResnetBlockBigGANpp(nn.Module):
         h = conv3x3(h, out_ch, init_scale=self.init_scale)
         if C != out_ch or self.up or self.down:
             x = conv1x1(x, out_ch)
+        if nearest_up:
+            x = self._resample(x)
         assert h.shape == x.shape, (h.shape, x.shape)
         return fusion.boundary((x + h) / SQRT2 if self.skip_rescale else x + h)

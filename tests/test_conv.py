@@ -191,19 +191,24 @@ def test_dcgan_latent_gradient_in_a_loop_body_is_canonical(layout):
     assert _conv_dim_labels(looped.lower(z).compile().as_text()) == {"b01f_01io->b01f"}
 
 
-def _conv_dimension_numbers(jaxpr) -> list:
-    """The dimension numbers of every convolution in `jaxpr` and its sub-jaxprs."""
+def _conv_eqns(jaxpr) -> list:
+    """Every convolution of `jaxpr` and its sub-jaxprs."""
     found = []
     for eqn in jaxpr.eqns:
         if eqn.primitive.name == "conv_general_dilated":
-            found.append(eqn.params["dimension_numbers"])
+            found.append(eqn)
         for value in eqn.params.values():
             for sub in value if isinstance(value, (list, tuple)) else [value]:
                 if isinstance(sub, jax.extend.core.ClosedJaxpr):
-                    found += _conv_dimension_numbers(sub.jaxpr)
+                    found += _conv_eqns(sub.jaxpr)
                 elif isinstance(sub, jax.extend.core.Jaxpr):
-                    found += _conv_dimension_numbers(sub)
+                    found += _conv_eqns(sub)
     return found
+
+
+def _conv_dimension_numbers(jaxpr) -> list:
+    """The dimension numbers of every convolution in `jaxpr` and its sub-jaxprs."""
+    return [eqn.params["dimension_numbers"] for eqn in _conv_eqns(jaxpr)]
 
 
 def _score_net(module):
@@ -281,3 +286,58 @@ def test_kernel_transposes_wait_for_the_cotangent(monkeypatch):
     assert free_temp - tied_temp > 2 * kernel_bytes, (free_temp, tied_temp, kernel_bytes)
     for a, b in zip(tied_grads, free_grads):
         np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
+
+
+def _upsample(x):
+    return jnp.repeat(jnp.repeat(x, 2, axis=1), 2, axis=2)
+
+
+UPSAMPLED = {
+    # name: (x shape, w shape, strides, padding, rhs_dilation); the first two are phased.
+    "3x3 same": ((2, 5, 6, 4), (3, 3, 4, 3), (1, 1), "SAME", None),
+    "3x3 explicit (1, 1)": ((1, 3, 4, 2), (3, 3, 2, 5), (1, 1), ((1, 1), (1, 1)), None),
+    "3x3 valid": ((2, 4, 4, 3), (3, 3, 3, 2), (1, 1), "VALID", None),
+    "3x3 stride2": ((2, 4, 4, 3), (3, 3, 3, 2), (2, 2), "SAME", None),
+    "3x3 dilated": ((1, 5, 5, 2), (3, 3, 2, 2), (1, 1), "SAME", (2, 2)),
+    "2x2 same": ((2, 3, 3, 4), (2, 2, 4, 3), (1, 1), "SAME", None),
+}
+
+
+@pytest.mark.parametrize("case", sorted(UPSAMPLED))
+def test_upsampled_conv_is_upsample_then_conv(case):
+    """Values, both gradients and the jvp equal nearest-2x-upsampling then convolving; the 3x3
+    'SAME' case convolves only at the input's resolution (four 2x2 kernels), the others upsample."""
+    xs, ws, strides, padding, rhs_d = UPSAMPLED[case]
+    kx, kw, ke = jax.random.split(jax.random.key(3), 3)
+    x, w, e = jax.random.normal(kx, xs), jax.random.normal(kw, ws), jax.random.normal(ke, xs)
+
+    def fn(impl):
+        def f(x, w):
+            y = impl(x, w, strides, padding, None, rhs_d, conv.NHWC)
+            return jnp.sum(jnp.sin(y))
+
+        return f
+
+    new = fn(conv.upsampled_conv_general_dilated)
+    ref = fn(lambda x, w, *a: lax.conv_general_dilated(_upsample(x), w, *a))
+    np.testing.assert_allclose(jax.jit(new)(x, w), jax.jit(ref)(x, w), rtol=1e-5)
+    for got, want in zip(jax.grad(new, (0, 1))(x, w), jax.grad(ref, (0, 1))(x, w)):
+        np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-5 * float(jnp.max(jnp.abs(want))))
+    jvps = [jax.jvp(lambda x, f=f: f(x, w), (x,), (e,))[1] for f in (new, ref)]
+    np.testing.assert_allclose(jvps[0], jvps[1], rtol=1e-4)
+    y = conv.upsampled_conv_general_dilated(x, w, strides, padding, None, rhs_d, conv.NHWC)
+    jaxpr = jax.make_jaxpr(jax.grad(new, (0, 1)))(x, w).jaxpr
+    lhs_sizes = {tuple(eqn.invars[0].aval.shape[1:3]) for eqn in _conv_eqns(jaxpr)}
+    assert y.shape == lax.conv_general_dilated(_upsample(x), w, strides, padding, None, rhs_d,
+                                               conv.NHWC).shape  # fmt: skip
+    phased = case.startswith("3x3 same") or case.startswith("3x3 explicit")
+    assert (
+        (2 * xs[1], 2 * xs[2]) not in lhs_sizes if phased else (2 * xs[1], 2 * xs[2]) in lhs_sizes
+    )
+
+
+def test_upsampled_conv_needs_nhwc():
+    x, w = jnp.ones((1, 2, 4, 4)), jnp.ones((3, 2, 3, 3))
+    with pytest.raises(ValueError, match="NHWC"):
+        conv.upsampled_conv_general_dilated(x, w, (1, 1), "SAME",
+                                            dimension_numbers=("NCHW", "OIHW", "NCHW"))  # fmt: skip
