@@ -230,3 +230,17 @@ def test_small_replicated_arrays_are_saved_by_one_replica(tmp_path):
     assert len(jax.devices()) > 1 and min_bytes == checkpoints.REPLICA_PARALLEL_MIN_BYTES
     assert slice_args(None) is not None  # Orbax's default: sliced across the 8 devices
     assert slice_args(min_bytes) is None
+
+
+def test_a_call_that_does_not_fit_the_ahead_compiled_step_says_so(caplog):
+    """`compile_ahead` for one batch shape, a call with another: the step still runs (jit
+    compiles for it) and says once, in the log, that it compiled a second executable."""
+    step, state = _train_step(device_loop=False)
+    step.compile_ahead(state, jax.ShapeDtypeStruct((1, 4, 8, 8, 3), jnp.float32))
+    images = jax.random.uniform(jax.random.key(2), (1, 2, 8, 8, 3)) * 2 - 1
+    with caplog.at_level("WARNING"):
+        for _ in range(2):
+            state, metrics = step(state, images)
+    warnings = [r for r in caplog.records if "compiled ahead" in r.getMessage()]
+    assert len(warnings) == 1, [r.getMessage() for r in caplog.records]
+    assert int(state.step) == 2 and bool(metrics["finite"].all())

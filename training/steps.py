@@ -15,6 +15,7 @@ from collections.abc import Callable
 import jax
 import jax.numpy as jnp
 import optax
+from absl import logging
 
 import utils
 from training.state import TrainState, all_finite
@@ -102,6 +103,7 @@ class CompiledOnFirstCall:
     def __init__(self, jitted):
         self.jitted = jitted
         self._compiled = None
+        self._warned = False
 
     def lower(self, *args, **kwargs):
         return self.jitted.lower(*args, **kwargs)
@@ -125,7 +127,14 @@ class CompiledOnFirstCall:
             self.compile_ahead(*args)
         try:
             return self._compiled(*args)
-        except (TypeError, ValueError):  # not the first call's signature: jit compiles anew
+        except (TypeError, ValueError) as e:  # not the compiled signature: jit compiles anew
+            if not self._warned:
+                self._warned = True
+                logging.warning(
+                    "%s: this call does not fit the executable compiled ahead (%s); compiling "
+                    "again for it (a second executable in memory, and the compile time).",
+                    getattr(self.jitted, "__name__", "step"), str(e).splitlines()[0][:200],
+                )  # fmt: skip
             return self.jitted(*args)
 
 
