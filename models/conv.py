@@ -31,6 +31,7 @@ kernels are constants) get `dx` in canonical form and `dw` from `lax`.
 
 from __future__ import annotations
 
+import inspect
 from collections.abc import Callable, Sequence
 
 import flax.linen as nn
@@ -114,21 +115,10 @@ def _phase_taps(w: Array, phase: int, axis: int) -> Array:
     return jnp.concatenate(pair, axis)
 
 
-def upsampled_conv_general_dilated(
-    lhs: Array,
-    rhs: Array,
-    window_strides: Sequence[int],
-    padding: str | Sequence[tuple[int, int]],
-    lhs_dilation: Sequence[int] | None = None,
-    rhs_dilation: Sequence[int] | None = None,
-    dimension_numbers=None,
-    feature_group_count: int = 1,
-    batch_group_count: int = 1,
-    precision=None,
-    preferred_element_type=None,
-) -> Array:
+def upsampled_conv_general_dilated(lhs: Array, rhs: Array, *args, **kwargs) -> Array:
     """`conv_general_dilated` of `lhs` upsampled 2x by nearest neighbour (each pixel repeated
-    2 x 2), as `Conv(..., conv_general_dilated=upsampled_conv_general_dilated)` takes it.
+    2 x 2), as `Conv(..., conv_general_dilated=upsampled_conv_general_dilated)` takes it: the
+    arguments of `conv_general_dilated` above.
 
     A 3x3 'SAME' stride-1 kernel in NHWC / HWIO is computed at the input's resolution, one 2x2
     convolution per output phase (`_phase_taps`), interleaved: 16 instead of 36 multiply-adds
@@ -138,32 +128,32 @@ def upsampled_conv_general_dilated(
     both gradients 216 -> 51 ms; 8x8 -> 16x16: 12 -> 6 and 34 -> 15 ms. Any other convolution
     upsamples first and goes to `conv_general_dilated`.
     """
+    bound = inspect.signature(conv_general_dilated).bind(lhs, rhs, *args, **kwargs)
+    bound.apply_defaults()
+    arg = dict(bound.arguments)
     if lhs.ndim != 4:
         raise ValueError(f"upsampled_conv_general_dilated: a 2-D NHWC input, got {lhs.shape}")
     n, h, w, c = lhs.shape
-    upsampled_shape = (n, 2 * h, 2 * w, c)
-    dn = lax.conv_dimension_numbers(upsampled_shape, rhs.shape, dimension_numbers)
+    dn = lax.conv_dimension_numbers((n, 2 * h, 2 * w, c), rhs.shape, arg["dimension_numbers"])
     if dn.lhs_spec != _canonical_dn(2).lhs_spec:
         raise ValueError(
-            f"upsampled_conv_general_dilated: the input must be NHWC, got {dimension_numbers}"
+            "upsampled_conv_general_dilated: the input must be NHWC, got "
+            f"{arg['dimension_numbers']}"
         )
+    padding = arg["padding"]
     phased = (
         rhs.shape[:2] == (3, 3)
         and dn == _canonical_dn(2)
-        and tuple(window_strides) == (1, 1)
-        and all(d == 1 for d in (lhs_dilation or ()) + tuple(rhs_dilation or ()))
-        and feature_group_count == batch_group_count == 1
-        and precision is None
-        and preferred_element_type is None
+        and tuple(arg["window_strides"]) == (1, 1)
+        and all(d == 1 for d in tuple(arg["lhs_dilation"] or ()) + tuple(arg["rhs_dilation"] or ()))
+        and arg["feature_group_count"] == arg["batch_group_count"] == 1
+        and arg["precision"] is None
+        and arg["preferred_element_type"] is None
         and (padding == "SAME" or tuple(map(tuple, padding)) == ((1, 1), (1, 1)))
     )
     if not phased:
-        up = jnp.broadcast_to(lhs[:, :, None, :, None, :], (n, h, 2, w, 2, c))
-        return conv_general_dilated(
-            up.reshape(upsampled_shape), rhs, window_strides, padding, lhs_dilation,
-            rhs_dilation, dimension_numbers, feature_group_count, batch_group_count, precision,
-            preferred_element_type,
-        )  # fmt: skip
+        upsampled = jnp.broadcast_to(lhs[:, :, None, :, None, :], (n, h, 2, w, 2, c))
+        return conv_general_dilated(**{**arg, "lhs": upsampled.reshape(n, 2 * h, 2 * w, c)})
     rows = []
     for a in (0, 1):
         rhs_a = _phase_taps(rhs, a, 0)
@@ -174,7 +164,7 @@ def upsampled_conv_general_dilated(
                 (1, 1),
                 (_PHASE_PADDING[a], _PHASE_PADDING[b]),
                 dimension_numbers=NHWC,
-            )  # fmt: skip
+            )
             for b in (0, 1)
         ]
         rows.append(jnp.stack(cols, axis=3))  # [N, H, W, b, O]
