@@ -133,7 +133,7 @@ class CompiledOnFirstCall:
                 logging.warning(
                     "%s: this call does not fit the executable compiled ahead (%s); compiling "
                     "again for it (a second executable in memory, and the compile time).",
-                    getattr(self.jitted, "__name__", "step"), str(e).splitlines()[0][:200],
+                    getattr(self.jitted, "__name__", "step"), (str(e) or type(e).__name__)[:200],
                 )  # fmt: skip
             return self.jitted(*args)
 
