@@ -31,7 +31,6 @@ kernels are constants) get `dx` in canonical form and `dw` from `lax`.
 
 from __future__ import annotations
 
-import inspect
 from collections.abc import Callable, Sequence
 
 import flax.linen as nn
@@ -101,74 +100,6 @@ class Conv(nn.Conv):
     """`nn.Conv` on `conv_general_dilated` above: the same module name, params and numbers."""
 
     conv_general_dilated: Callable | None = conv_general_dilated
-
-
-_PHASE_PADDING = ((1, 0), (0, 1))  # the input pixels (i - 1, i), (i, i + 1) of the two phases
-
-
-def _phase_taps(w: Array, phase: int, axis: int) -> Array:
-    """The 3 taps of `w` along `axis` as output phase `phase` of a nearest-2x-upsampled input
-    sees them: output `2i` covers upsampled pixels `2i - 1, 2i, 2i + 1` = input `i - 1, i, i`;
-    output `2i + 1` covers input `i, i, i + 1`. Two taps, the repeated pixel's summed."""
-    t = [lax.index_in_dim(w, i, axis) for i in range(3)]
-    pair = (t[0], t[1] + t[2]) if phase == 0 else (t[0] + t[1], t[2])
-    return jnp.concatenate(pair, axis)
-
-
-def upsampled_conv_general_dilated(lhs: Array, rhs: Array, *args, **kwargs) -> Array:
-    """`conv_general_dilated` of `lhs` upsampled 2x by nearest neighbour (each pixel repeated
-    2 x 2), as `Conv(..., conv_general_dilated=upsampled_conv_general_dilated)` takes it: the
-    arguments of `conv_general_dilated` above.
-
-    A 3x3 'SAME' stride-1 kernel in NHWC / HWIO is computed at the input's resolution, one 2x2
-    convolution per output phase (`_phase_taps`), interleaved: 16 instead of 36 multiply-adds
-    per input pixel, and no upsampled copy of the input. Values equal the upsample-then-convolve
-    ones up to float rounding (the repeated pixel's two taps are added first), as do gradients.
-    Measured on 2 cores (batch 8, 256 channels, 16x16 -> 32x32): forward 51 -> 22 ms, forward +
-    both gradients 216 -> 51 ms; 8x8 -> 16x16: 12 -> 6 and 34 -> 15 ms. Any other convolution
-    upsamples first and goes to `conv_general_dilated`.
-    """
-    bound = inspect.signature(conv_general_dilated).bind(lhs, rhs, *args, **kwargs)
-    bound.apply_defaults()
-    arg = dict(bound.arguments)
-    if lhs.ndim != 4:
-        raise ValueError(f"upsampled_conv_general_dilated: a 2-D NHWC input, got {lhs.shape}")
-    n, h, w, c = lhs.shape
-    dn = lax.conv_dimension_numbers((n, 2 * h, 2 * w, c), rhs.shape, arg["dimension_numbers"])
-    if dn.lhs_spec != _canonical_dn(2).lhs_spec:
-        raise ValueError(
-            "upsampled_conv_general_dilated: the input must be NHWC, got "
-            f"{arg['dimension_numbers']}"
-        )
-    padding = arg["padding"]
-    phased = (
-        rhs.shape[:2] == (3, 3)
-        and dn == _canonical_dn(2)
-        and tuple(arg["window_strides"]) == (1, 1)
-        and all(d == 1 for d in tuple(arg["lhs_dilation"] or ()) + tuple(arg["rhs_dilation"] or ()))
-        and arg["feature_group_count"] == arg["batch_group_count"] == 1
-        and arg["precision"] is None
-        and arg["preferred_element_type"] is None
-        and (padding == "SAME" or tuple(map(tuple, padding)) == ((1, 1), (1, 1)))
-    )
-    if not phased:
-        upsampled = jnp.broadcast_to(lhs[:, :, None, :, None, :], (n, h, 2, w, 2, c))
-        return conv_general_dilated(**{**arg, "lhs": upsampled.reshape(n, 2 * h, 2 * w, c)})
-    rows = []
-    for a in (0, 1):
-        rhs_a = _phase_taps(rhs, a, 0)
-        cols = [
-            conv_general_dilated(
-                lhs,
-                _phase_taps(rhs_a, b, 1),
-                (1, 1),
-                (_PHASE_PADDING[a], _PHASE_PADDING[b]),
-                dimension_numbers=NHWC,
-            )
-            for b in (0, 1)
-        ]
-        rows.append(jnp.stack(cols, axis=3))  # [N, H, W, b, O]
-    return jnp.stack(rows, axis=2).reshape(n, 2 * h, 2 * w, -1)  # [N, H, a, W, b, O]
 
 
 def _pointwise(config, k_shape) -> bool:
@@ -249,8 +180,8 @@ def _after(a: Array, g: Array) -> Array:
     pass reached its layer: ~210 MB of the peak of a DDPM++ train step at batch 8 (XLA's temp
     buffer 1206 -> 998 MB). The transposed input of `dw` likewise depends on the forward pass
     alone (with `fusion.remat` blocks, 165 MiB of that peak). `lax.optimization_barrier` does
-    not hold them back (XLA:CPU removes barriers before scheduling). The value is `a` exactly; a non-finite `g[0]` makes it
-    non-finite, and the gradient is non-finite then anyway.
+    not hold them back (XLA:CPU removes barriers before scheduling). The value is `a` exactly;
+    a non-finite `g[0]` makes it non-finite, and the gradient is non-finite then anyway.
     """
     return a + jnp.zeros((), a.dtype) * g.reshape(-1)[0].astype(a.dtype)
 

@@ -17,7 +17,7 @@ import jax
 from jax import Array
 from jax import numpy as jnp
 
-from models import conv, fusion, normalization
+from models import conv, fusion, normalization, up_or_down_sampling
 
 Activation = Callable[[Array], Array]
 
@@ -66,7 +66,9 @@ def _ddpm_conv(x, out_planes, kernel, stride, bias, dilation, init_scale, upsamp
         kernel_init=default_init(init_scale),
         bias_init=jax.nn.initializers.zeros,
         conv_general_dilated=(
-            conv.upsampled_conv_general_dilated if upsample else conv.conv_general_dilated
+            up_or_down_sampling.upsampled_conv_general_dilated
+            if upsample
+            else conv.conv_general_dilated
         ),
     )(x)
 
@@ -96,7 +98,7 @@ def ddpm_conv3x3(
 
     With stride 2 on an even size 'SAME' pads (0, 1), which score_sde_pytorch emulates with
     `F.pad(x, (0, 1, 0, 1))`. `upsample`: of `x` upsampled 2x by nearest neighbour, computed at
-    `x`'s resolution (`conv.upsampled_conv_general_dilated`; same params).
+    `x`'s resolution (`up_or_down_sampling.upsampled_conv_general_dilated`; same params).
     """
     return _ddpm_conv(x, out_planes, 3, stride, bias, dilation, init_scale, upsample)
 

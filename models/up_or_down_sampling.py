@@ -14,12 +14,13 @@ References:
   arXiv:1912.04958; NVlabs/stylegan2 `dnnlib/tflib/ops/upfirdn_2d.py`.
 """
 
+import inspect
 from collections.abc import Callable, Sequence
 
 import flax.linen as nn
 import jax
 import numpy as np
-from jax import Array
+from jax import Array, lax
 from jax import numpy as jnp
 
 from models import conv
@@ -77,6 +78,74 @@ def naive_downsample_2d(x: Array, factor: int = 2) -> Array:
     _, H, W, C = x.shape
     x = x.reshape(-1, H // factor, factor, W // factor, factor, C)
     return jnp.mean(x, axis=(2, 4))
+
+
+_NHWC_DN = lax.conv_dimension_numbers((1, 1, 1, 1), (1, 1, 1, 1), conv.NHWC)
+_PHASE_PADDING = ((1, 0), (0, 1))  # the input pixels (i - 1, i), (i, i + 1) of the two phases
+
+
+def _phase_taps(w: Array, phase: int, axis: int) -> Array:
+    """The 3 taps of `w` along `axis` as output phase `phase` of a nearest-2x-upsampled input
+    sees them: output `2i` covers upsampled pixels `2i - 1, 2i, 2i + 1` = input `i - 1, i, i`;
+    output `2i + 1` covers input `i, i, i + 1`. Two taps, the repeated pixel's summed."""
+    t = [lax.index_in_dim(w, i, axis) for i in range(3)]
+    pair = (t[0], t[1] + t[2]) if phase == 0 else (t[0] + t[1], t[2])
+    return jnp.concatenate(pair, axis)
+
+
+def upsampled_conv_general_dilated(lhs: Array, rhs: Array, *args, **kwargs) -> Array:
+    """`conv_general_dilated` of `lhs` upsampled 2x by nearest neighbour (each pixel repeated
+    2 x 2, `naive_upsample_2d`), as `conv.Conv(..., conv_general_dilated=...)` takes it: the
+    arguments of `conv.conv_general_dilated`.
+
+    A 3x3 'SAME' stride-1 kernel in NHWC / HWIO is computed at the input's resolution, one 2x2
+    convolution per output phase (`_phase_taps`), interleaved: 16 instead of 36 multiply-adds
+    per input pixel, and no upsampled copy of the input. Values equal the upsample-then-convolve
+    ones up to float rounding (the repeated pixel's two taps are added first), as do gradients.
+    Measured on 2 cores (batch 8, 256 channels, 16x16 -> 32x32): forward 51 -> 22 ms, forward +
+    both gradients 216 -> 51 ms; 8x8 -> 16x16: 12 -> 6 and 34 -> 15 ms. Any other convolution
+    upsamples first and goes to `conv.conv_general_dilated`.
+    """
+    bound = inspect.signature(conv.conv_general_dilated).bind(lhs, rhs, *args, **kwargs)
+    bound.apply_defaults()
+    arg = dict(bound.arguments)
+    if lhs.ndim != 4:
+        raise ValueError(f"upsampled_conv_general_dilated: a 2-D NHWC input, got {lhs.shape}")
+    n, h, w, c = lhs.shape
+    dn = lax.conv_dimension_numbers((n, 2 * h, 2 * w, c), rhs.shape, arg["dimension_numbers"])
+    if dn.lhs_spec != _NHWC_DN.lhs_spec:
+        raise ValueError(
+            "upsampled_conv_general_dilated: the input must be NHWC, got "
+            f"{arg['dimension_numbers']}"
+        )
+    padding = arg["padding"]
+    phased = (
+        rhs.shape[:2] == (3, 3)
+        and dn == _NHWC_DN
+        and tuple(arg["window_strides"]) == (1, 1)
+        and all(d == 1 for d in tuple(arg["lhs_dilation"] or ()) + tuple(arg["rhs_dilation"] or ()))
+        and arg["feature_group_count"] == arg["batch_group_count"] == 1
+        and arg["precision"] is None
+        and arg["preferred_element_type"] is None
+        and (padding == "SAME" or tuple(map(tuple, padding)) == ((1, 1), (1, 1)))
+    )
+    if not phased:
+        return conv.conv_general_dilated(**{**arg, "lhs": naive_upsample_2d(lhs, 2)})
+    rows = []
+    for a in (0, 1):
+        rhs_a = _phase_taps(rhs, a, 0)
+        cols = [
+            conv.conv_general_dilated(
+                lhs,
+                _phase_taps(rhs_a, b, 1),
+                (1, 1),
+                (_PHASE_PADDING[a], _PHASE_PADDING[b]),
+                dimension_numbers=conv.NHWC,
+            )
+            for b in (0, 1)
+        ]
+        rows.append(jnp.stack(cols, axis=3))  # [N, H, W, b, O]
+    return jnp.stack(rows, axis=2).reshape(n, 2 * h, 2 * w, -1)  # [N, H, a, W, b, O]
 
 
 def _setup_kernel(k: Sequence[float] | np.ndarray) -> np.ndarray:

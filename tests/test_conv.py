@@ -10,7 +10,7 @@ import pytest
 from jax import lax
 
 from configs.testing import ddpm_tiny, ddpmpp_tiny, ncsnpp_tiny, ncsnv2_tiny
-from models import conv, dcgan, feature_extractor
+from models import conv, dcgan, feature_extractor, up_or_down_sampling
 from models import utils as mutils
 from models import wideresnet_noise_conditional as wrn
 
@@ -318,14 +318,16 @@ def test_upsampled_conv_is_upsample_then_conv(case):
 
         return f
 
-    new = fn(conv.upsampled_conv_general_dilated)
+    new = fn(up_or_down_sampling.upsampled_conv_general_dilated)
     ref = fn(lambda x, w, *a: lax.conv_general_dilated(_upsample(x), w, *a))
     np.testing.assert_allclose(jax.jit(new)(x, w), jax.jit(ref)(x, w), rtol=1e-5)
     for got, want in zip(jax.grad(new, (0, 1))(x, w), jax.grad(ref, (0, 1))(x, w)):
         np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-5 * float(jnp.max(jnp.abs(want))))
     jvps = [jax.jvp(lambda x, f=f: f(x, w), (x,), (e,))[1] for f in (new, ref)]
     np.testing.assert_allclose(jvps[0], jvps[1], rtol=1e-4)
-    y = conv.upsampled_conv_general_dilated(x, w, strides, padding, None, rhs_d, conv.NHWC)
+    y = up_or_down_sampling.upsampled_conv_general_dilated(
+        x, w, strides, padding, None, rhs_d, conv.NHWC
+    )
     jaxpr = jax.make_jaxpr(jax.grad(new, (0, 1)))(x, w).jaxpr
     lhs_sizes = {tuple(eqn.invars[0].aval.shape[1:3]) for eqn in _conv_eqns(jaxpr)}
     assert y.shape == lax.conv_general_dilated(_upsample(x), w, strides, padding, None, rhs_d,
@@ -337,5 +339,5 @@ def test_upsampled_conv_is_upsample_then_conv(case):
 def test_upsampled_conv_needs_nhwc():
     x, w = jnp.ones((1, 2, 4, 4)), jnp.ones((3, 2, 3, 3))
     with pytest.raises(ValueError, match="NHWC"):
-        conv.upsampled_conv_general_dilated(x, w, (1, 1), "SAME",
+        up_or_down_sampling.upsampled_conv_general_dilated(x, w, (1, 1), "SAME",
                                             dimension_numbers=("NCHW", "OIHW", "NCHW"))  # fmt: skip
