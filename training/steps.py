@@ -18,12 +18,38 @@ import optax
 from absl import logging
 
 import utils
+from training.packing import SmallLeaves
 from training.state import TrainState, all_finite
 
 
 def ema_update(ema_params, params, ema_rate: float):
     """`e * rate + p * (1 - rate)`: a fixed-rate EMA from the initial params (JAX original)."""
     return jax.tree.map(lambda e, p: e * ema_rate + p * (1.0 - ema_rate), ema_params, params)
+
+
+def apply_gradients(
+    state: TrainState, grads, tx: optax.GradientTransformation, ema_rate: float, pack=None
+):
+    """One step of `tx` and of the EMA: `(new state, whether its params are all finite)`.
+
+    `pack` (None: on CPU) runs the update on the params' small leaves packed into one vector
+    (`packing.SmallLeaves`): the same values, except that a global norm sums in another order.
+    It needs a `tx` that treats every element alike apart from global reductions, as
+    `losses.make_optimizer`'s (clipping by global norm, Adam / AdamW); pass False otherwise.
+    """
+    packer = SmallLeaves(state.params, enabled=pack)
+    params, ema = packer.pack(state.params), packer.pack(state.ema_params)
+    updates, opt_state = tx.update(packer.pack(grads), packer.pack_within(state.opt_state), params)
+    params = optax.apply_updates(params, updates)
+    ema = ema_update(ema, params, ema_rate)
+    finite = all_finite(params)
+    new = state.replace(
+        step=state.step + 1,
+        params=packer.unpack(params),
+        ema_params=packer.unpack(ema),
+        opt_state=packer.unpack_within(opt_state),
+    )
+    return new, finite
 
 
 def make_train_step(
@@ -37,6 +63,7 @@ def make_train_step(
     has_aux: bool = False,
     loss_name: str = "loss",
     device_loop: bool | None = None,
+    pack: bool | None = None,
 ):
     """Jitted `train_step(state, batch) -> (state, metrics)` over a leading steps axis.
 
@@ -51,6 +78,8 @@ def make_train_step(
       has_aux: `loss_fn` returns `(loss, aux)`; aux scalars become metrics.
       loss_name: the metric name of the loss.
       device_loop: scan (True) or unroll (False) the steps; None = `utils.device_loops()`.
+      pack: update the params' small leaves packed into one vector (`apply_gradients`; None:
+        on CPU, where the DDPM++ cont. step compiles to 29 % fewer instructions).
 
     Returns:
       `train_step(state, batch)`; batch leaves have a leading axis of the steps to run, and the
@@ -64,12 +93,8 @@ def make_train_step(
         grad_fn = jax.value_and_grad(loss_fn, argnums=1, has_aux=has_aux)
         out, grads = grad_fn(key, state.params, batch)
         loss, aux = out if has_aux else (out, {})
-        updates, opt_state = tx.update(grads, state.opt_state, state.params)
-        params = optax.apply_updates(state.params, updates)
-        ema = ema_update(state.ema_params, params, ema_rate)
-        new = state.replace(step=state.step + 1, params=params, ema_params=ema, opt_state=opt_state)
-        finite = jnp.isfinite(loss) & all_finite(params)
-        return new, {loss_name: loss, **aux, "finite": finite}
+        new, params_finite = apply_gradients(state, grads, tx, ema_rate, pack)
+        return new, {loss_name: loss, **aux, "finite": jnp.isfinite(loss) & params_finite}
 
     def train_step(state, batch):
         if scan:
