@@ -108,9 +108,7 @@ def train_row(name, tiny, batch, n_jitted, dtype, calls):
         score_model.score_loss_fn(config, sde, model, train=True), tx, config.model.ema_rate,
         jax.random.key(0), state_sharding, batch_sharding,
     )  # fmt: skip
-    state = jax.jit(lambda k: score_model.create_train_state(config, model, tx, k))(
-        jax.random.key(0)
-    )
+    state = score_model.init_train_state(config, model, tx, jax.random.key(0))
     holder = {"state": jax.device_put(state, state_sharding)}
     size, channels = config.data.image_size, config.data.num_channels
     x = jax.random.uniform(jax.random.key(1), (n_jitted, batch, size, size, channels)) * 2 - 1

@@ -42,9 +42,7 @@ def train_rate(config, n_jitted, batch, repeats):
         score_model.score_loss_fn(config, sde, model, train=True), tx, 0.999, jax.random.key(0),
         ss, bs,
     )  # fmt: skip
-    state = jax.jit(lambda k: score_model.create_train_state(config, model, tx, k))(
-        jax.random.key(0)
-    )
+    state = score_model.init_train_state(config, model, tx, jax.random.key(0))
     state = jax.device_put(state, ss)
     size, ch = config.data.image_size, config.data.num_channels
     x = jax.device_put(jax.random.uniform(jax.random.key(1), (n_jitted, batch, size, size, ch)), bs)

@@ -139,10 +139,14 @@ class JaxWorker:
         if hasattr(step, "compile_ahead"):
             abstract = self.score_model.abstract_train_state(c, self.model, tx)
             step.compile_ahead(abstract, jax.ShapeDtypeStruct(batch_shape, self.jnp.float32))
-        init = jax.jit(lambda k: self.score_model.create_train_state(c, self.model, tx, k))
-        state = jax.device_put(init(jax.random.key(0)), ss)
-        if hasattr(self.utils, "release_host_memory"):  # as run_lib.train does after its init
-            self.utils.release_host_memory()
+        if hasattr(self.score_model, "init_train_state"):  # run_lib.train's init
+            state = self.score_model.init_train_state(c, self.model, tx, jax.random.key(0))
+        else:  # older checkouts (a baseline): what their run_lib.train did
+            init = jax.jit(lambda k: self.score_model.create_train_state(c, self.model, tx, k))
+            state = init(jax.random.key(0))
+            if hasattr(self.utils, "release_host_memory"):
+                self.utils.release_host_memory()
+        state = jax.device_put(state, ss)
         x = jax.device_put(jax.random.uniform(jax.random.key(2), batch_shape), bs)
         box = [state]
 

@@ -38,9 +38,7 @@ def _one_step(module, dtype):
     tx = losses.get_optimizer(config)
     loss_fn = score_model.score_loss_fn(config, sde, model, train=True)
     step = steps.make_train_step(loss_fn, tx, 0.9, jax.random.key(0))
-    state = jax.jit(lambda k: score_model.create_train_state(config, model, tx, k))(
-        jax.random.key(1)
-    )
+    state = score_model.init_train_state(config, model, tx, jax.random.key(1))
     images = jax.random.uniform(jax.random.key(2), (1, 8, 8, 8, 3)) * 2 - 1
     new_state, metrics = step(state, images)
     return loss_fn, state, new_state, metrics, images[0]

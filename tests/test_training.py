@@ -36,9 +36,7 @@ def _train_step(device_loop):
     tx = losses.get_optimizer(config)
     loss_fn = score_model.score_loss_fn(config, sde, model, train=True)
     step = steps.make_train_step(loss_fn, tx, 0.9, jax.random.key(0), device_loop=device_loop)
-    state = jax.jit(lambda k: score_model.create_train_state(config, model, tx, k))(
-        jax.random.key(1)
-    )
+    state = score_model.init_train_state(config, model, tx, jax.random.key(1))
     return step, state
 
 
@@ -64,6 +62,16 @@ def test_scan_train_step_equals_the_unrolled_one():
     # The steps moved the params (the comparison is not between two unchanged states).
     moved = jax.tree.leaves(scanned.params)[0] - jax.tree.leaves(initial)[0]
     assert np.abs(moved).max() > 0
+
+
+def test_init_train_state_is_the_jitted_create_train_state():
+    config = _tiny_config()
+    model, tx = mutils.get_model(config), losses.get_optimizer(config)
+    state = score_model.init_train_state(config, model, tx, jax.random.key(3))
+    expected = score_model.create_train_state(config, model, tx, jax.random.key(3))
+    assert jax.tree.structure(state) == jax.tree.structure(expected)
+    for a, b in zip(jax.tree.leaves(state), jax.tree.leaves(expected), strict=True):
+        np.testing.assert_allclose(a, b, rtol=1e-6, atol=1e-7)
 
 
 @pytest.mark.parametrize("mode,expect_scan", [("auto", True), ("device", True), ("host", False)])

@@ -1,6 +1,9 @@
-"""utils.setup_jax_runtime: the command lines' persistent compilation cache."""
+"""utils.setup_jax_runtime: the command lines' persistent compilation cache; and
+release_host_memory."""
 
+import gc
 import os
+import weakref
 
 import jax
 import pytest
@@ -57,3 +60,23 @@ def test_an_unusable_directory_runs_without_the_cache(tmp_path, restore_cache_di
     blocker = tmp_path / "file"
     blocker.write_text("not a directory")
     assert utils.setup_jax_runtime(str(blocker / "cache")) is None
+
+
+def test_release_host_memory_collects_reference_cycles_first():
+    """A jitted function that is gone can hold its executable in a cycle until a collection:
+    `release_host_memory` collects before it trims the heap."""
+
+    class Node:
+        pass
+
+    gc.disable()  # no automatic collection between the cycle's creation and the call
+    try:
+        a, b = Node(), Node()
+        a.other, b.other = b, a
+        alive = weakref.ref(a)
+        del a, b
+        assert alive() is not None  # only the cycle holds it
+        utils.release_host_memory()
+        assert alive() is None
+    finally:
+        gc.enable()

@@ -24,9 +24,7 @@ def tiny_workdir(tmp_path, attn_resolutions=(), num_images=2):
     config.model.attn_resolutions = attn_resolutions
     model = mutils.get_model(config)
     tx = losses.get_optimizer(config)
-    state = jax.jit(lambda k: score_model.create_train_state(config, model, tx, k))(
-        jax.random.key(0)
-    )
+    state = score_model.init_train_state(config, model, tx, jax.random.key(0))
     manager = checkpoints.checkpoint_manager(str(tmp_path / "w"), config.training.snapshot_freq)
     checkpoints.save_checkpoint(manager, state)
     manager.close()
