@@ -10,7 +10,7 @@ import pytest
 from jax import lax
 
 from configs.testing import ddpm_tiny, ddpmpp_tiny, ncsnpp_tiny, ncsnv2_tiny
-from models import conv, dcgan, feature_extractor, up_or_down_sampling
+from models import conv, dcgan, feature_extractor, fusion, up_or_down_sampling
 from models import utils as mutils
 from models import wideresnet_noise_conditional as wrn
 
@@ -191,19 +191,23 @@ def test_dcgan_latent_gradient_in_a_loop_body_is_canonical(layout):
     assert _conv_dim_labels(looped.lower(z).compile().as_text()) == {"b01f_01io->b01f"}
 
 
-def _conv_eqns(jaxpr) -> list:
-    """Every convolution of `jaxpr` and its sub-jaxprs."""
-    found = []
+def _sub_jaxprs(jaxpr) -> list:
+    """`jaxpr` and every jaxpr nested in its equations' params."""
+    found = [jaxpr]
     for eqn in jaxpr.eqns:
-        if eqn.primitive.name == "conv_general_dilated":
-            found.append(eqn)
         for value in eqn.params.values():
             for sub in value if isinstance(value, (list, tuple)) else [value]:
                 if isinstance(sub, jax.extend.core.ClosedJaxpr):
-                    found += _conv_eqns(sub.jaxpr)
+                    found += _sub_jaxprs(sub.jaxpr)
                 elif isinstance(sub, jax.extend.core.Jaxpr):
-                    found += _conv_eqns(sub)
+                    found += _sub_jaxprs(sub)
     return found
+
+
+def _conv_eqns(jaxpr) -> list:
+    """Every convolution of `jaxpr` and its sub-jaxprs."""
+    subs = _sub_jaxprs(jaxpr)
+    return [eqn for sub in subs for eqn in sub.eqns if eqn.primitive.name == "conv_general_dilated"]
 
 
 def _conv_dimension_numbers(jaxpr) -> list:
@@ -341,3 +345,38 @@ def test_upsampled_conv_needs_nhwc():
     with pytest.raises(ValueError, match="NHWC"):
         up_or_down_sampling.upsampled_conv_general_dilated(x, w, (1, 1), "SAME",
                                             dimension_numbers=("NCHW", "OIHW", "NCHW"))  # fmt: skip
+
+
+def test_dw_input_is_stored_before_its_transpose():
+    """On CPU `dw`'s input passes through `fusion.boundary` (a `cond`) before its batch <->
+    channel transpose, so XLA cannot fuse its producer (here SiLU) into the transposing copy;
+    the gradients are the same bits as without it."""
+    x = jax.random.normal(jax.random.key(0), (2, 6, 6, 4))
+    w = jax.random.normal(jax.random.key(1), (3, 3, 4, 5))
+
+    def loss(w, x):
+        y = conv.conv_general_dilated(
+            jax.nn.silu(x), w, (1, 1), "SAME", dimension_numbers=conv.NHWC
+        )
+        return jnp.sum(y**2)
+
+    def dw_transpose_operands(enabled):
+        with fusion.forced(enabled):
+            jaxpr = jax.make_jaxpr(jax.grad(loss))(w, x).jaxpr
+        producers = []
+        for sub in _sub_jaxprs(jaxpr):
+            made_by = {v: eqn.primitive.name for eqn in sub.eqns for v in eqn.outvars}
+            producers += [
+                made_by.get(eqn.invars[0])
+                for eqn in sub.eqns
+                if eqn.primitive.name == "transpose" and eqn.params["permutation"] == (3, 1, 2, 0)
+            ]
+        return producers
+
+    assert dw_transpose_operands(True) == ["cond"]
+    assert dw_transpose_operands(False) != ["cond"]
+    grads = []
+    for enabled in (True, False):
+        with fusion.forced(enabled):
+            grads.append(jax.jit(jax.grad(loss))(w, x))
+    np.testing.assert_array_equal(np.asarray(grads[0]), np.asarray(grads[1]))
