@@ -42,14 +42,18 @@ def test_pack_round_trips_exactly_one_vector_per_dtype():
 
 def test_pack_within_packs_the_params_shaped_parts_of_an_optimizer_state():
     params = {"w": jnp.ones((3, 2)), "b": jnp.zeros(2)}
-    state = optax.adam(1e-3).init(params)
+    same_structure_other_shapes = {"w": jnp.ones(2), "b": jnp.zeros(3)}
+    state = (optax.adam(1e-3).init(params), same_structure_other_shapes)
     packer = packing.SmallLeaves(params, enabled=True)
     packed = packer.pack_within(state)
+    other = packed[1]  # the same structure with other shapes: not params-shaped, left as it is
+    assert other.keys() == {"w", "b"} and other["w"] is same_structure_other_shapes["w"]
+    packed = packed[0]
     adam = packed[0]
     assert isinstance(adam.mu, packing.Packed) and isinstance(adam.nu, packing.Packed)
     assert adam.count.shape == ()  # not params-shaped: left as it is
     back = packer.unpack_within(packed)
-    assert jax.tree.structure(back) == jax.tree.structure(state)
+    assert jax.tree.structure(back) == jax.tree.structure(state[0])
 
 
 def test_disabled_or_single_small_leaf_is_the_identity():

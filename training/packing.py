@@ -5,10 +5,10 @@ GroupNorm scales, the time embedding's projections), 11 MiB together. XLA compil
 Adam, the EMA and the finite check into a few fused kernels per leaf, 80-116 HLO instructions
 each, and on CPU an executable's host memory grows with its instruction count: XLA keeps the
 optimised module and its analyses, and the compiler leaves the heap fragmented around them
-(the DDPM++ cont. update alone, 65k instructions: 175 MiB live per glibc's statistics, and ~100
-MiB more resident in free fragments). `SmallLeaves` packs those leaves into one vector per dtype for the
-update, so they cost one set of kernels: the DDPM++ cont. train step has 145k -> 103k
-instructions, and its process holds 50 MiB less once it is compiled.
+(the DDPM++ cont. update alone, 65k instructions: 175 MiB live per glibc's statistics, and
+~100 MiB more resident in free fragments). `SmallLeaves` packs those leaves into one vector per
+dtype for the update, so they cost one set of kernels: the DDPM++ cont. train step has 145k ->
+103k instructions, and its process holds 50 MiB less once it is compiled.
 
 Only for updates that treat every element alike, apart from global reductions (the norm of
 clipping by global norm, the finite check): a per-leaf statistic (a trust ratio, a per-layer
@@ -58,8 +58,10 @@ class SmallLeaves:
         self.big = [i for i in range(len(leaves)) if i not in in_groups]
 
     def matches(self, tree) -> bool:
-        """Whether `tree` has `like`'s structure (a params-shaped part of an optimizer state)."""
-        return jax.tree.structure(tree) == self.treedef
+        """Whether `tree` has `like`'s structure and shapes (a params-shaped part of an
+        optimizer state)."""
+        leaves, treedef = jax.tree.flatten(tree)
+        return treedef == self.treedef and [jnp.shape(x) for x in leaves] == self.shapes
 
     def pack(self, tree):
         if not self.enabled:
