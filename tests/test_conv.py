@@ -350,7 +350,8 @@ def test_upsampled_conv_needs_nhwc():
 def test_dw_input_is_stored_before_its_transpose():
     """On CPU `dw`'s input passes through `fusion.boundary` (a `cond`) before its batch <->
     channel transpose, so XLA cannot fuse its producer (here SiLU) into the transposing copy;
-    the gradients are the same bits as without it."""
+    the gradients equal those without it (to float rounding: the producer becomes a kernel of
+    its own, which may round its exponential differently)."""
     x = jax.random.normal(jax.random.key(0), (2, 6, 6, 4))
     w = jax.random.normal(jax.random.key(1), (3, 3, 4, 5))
 
@@ -379,4 +380,4 @@ def test_dw_input_is_stored_before_its_transpose():
     for enabled in (True, False):
         with fusion.forced(enabled):
             grads.append(jax.jit(jax.grad(loss))(w, x))
-    np.testing.assert_array_equal(np.asarray(grads[0]), np.asarray(grads[1]))
+    np.testing.assert_allclose(np.asarray(grads[0]), np.asarray(grads[1]), rtol=1e-6, atol=1e-6)
