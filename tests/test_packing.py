@@ -73,7 +73,8 @@ class _ManySmall(nn.Module):
         return nn.Dense(9000)(x)[..., :8]
 
 
-def _run(pack, grad_clip, n_steps=3):
+def _step(pack, grad_clip, n_steps=3):
+    """The train step of `_ManySmall`, its initial state and `n_steps` batches."""
     model = _ManySmall()
     x = jax.random.normal(jax.random.key(0), (n_steps, 16, 8))
     params = model.init(jax.random.key(1), x[0])
@@ -84,17 +85,20 @@ def _run(pack, grad_clip, n_steps=3):
         return jnp.mean((model.apply(params, batch + 0.1 * noise) - batch) ** 2)
 
     step = steps.make_train_step(loss_fn, tx, 0.9, jax.random.key(2), pack=pack)
-    state = new_train_state(params, tx)
-    hlo = step.lower(state, x).compile().as_text()
+    return step, new_train_state(params, tx), x
+
+
+def _run(pack, grad_clip):
+    step, state, x = _step(pack, grad_clip)
     state, metrics = step(state, x)
-    return jax.device_get(state), jax.device_get(metrics), hlo
+    return jax.device_get(state), jax.device_get(metrics)
 
 
 @pytest.mark.parametrize("grad_clip", [-1.0, 1e-3])
 def test_packed_step_computes_the_per_leaf_step(grad_clip):
     """Clipping off: bit for bit. Clipping every step (max norm 1e-3): the global norm sums in
     another order, so to float rounding."""
-    (packed, m_packed, _), (plain, m_plain, _) = _run(True, grad_clip), _run(False, grad_clip)
+    (packed, m_packed), (plain, m_plain) = _run(True, grad_clip), _run(False, grad_clip)
     assert m_packed["finite"].all() and int(packed.step) == 3
     for field in ("params", "ema_params", "opt_state"):
         pairs = zip(
@@ -115,6 +119,11 @@ def test_packed_step_computes_the_per_leaf_step(grad_clip):
 def test_packing_shrinks_the_compiled_step():
     """24 of 26 leaves packed: under 60 % of the per-leaf step's HLO instructions (54 % with
     jax 0.10.2)."""
-    count = lambda hlo: sum(" = " in line for line in hlo.splitlines())  # noqa: E731
-    packed, plain = count(_run(True, 1.0)[2]), count(_run(False, 1.0)[2])
+
+    def count(pack):
+        step, state, x = _step(pack, 1.0)
+        hlo = step.lower(state, x).compile().as_text()
+        return sum(" = " in line for line in hlo.splitlines())
+
+    packed, plain = count(True), count(False)
     assert packed < 0.6 * plain, (packed, plain)
