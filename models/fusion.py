@@ -47,6 +47,8 @@ from jax import Array, lax
 from jax import numpy as jnp
 from jax.ad_checkpoint import checkpoint_name
 
+from models import prng
+
 DROPOUT_MASK = "dropout_mask"
 
 # What a `remat` block keeps for its backward pass: convolution / matrix product outputs (costly
@@ -113,7 +115,8 @@ class Dropout(nn.Dropout):
     XLA:CPU otherwise keeps the mask's random bits for the backward pass and recomputes the
     comparison there: two u32 words per element (threefry's halves) live from the forward to the
     backward, 8 bytes where the mask needs 1. Named `Dropout`, so its auto-name (`Dropout_0`)
-    and so the `make_rng` fold-in are flax's: the same key gives the same mask.
+    and so the `make_rng` fold-in are flax's: the same key gives the same mask. The mask is
+    `prng.bernoulli`'s (when enabled): `jax.random.bernoulli`'s bits with the hash in one kernel.
     """
 
     @nn.compact
@@ -129,7 +132,7 @@ class Dropout(nn.Dropout):
         shape = list(inputs.shape)
         for dim in self.broadcast_dims:
             shape[dim] = 1
-        mask = jax.random.bernoulli(rng, p=keep_prob, shape=shape)
+        mask = prng.bernoulli(rng, keep_prob, shape, enabled=default_enabled())
         mask = boundary(checkpoint_name(mask, DROPOUT_MASK))
         mask = jnp.broadcast_to(mask, inputs.shape)
         return lax.select(mask, inputs / keep_prob, jnp.zeros_like(inputs))
