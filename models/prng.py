@@ -84,7 +84,7 @@ def bernoulli(key: Array, p: float, shape: Sequence[int], enabled: bool | None =
     shape = tuple(int(d) for d in shape)
     if enabled is None:
         enabled = jax.default_backend() == "cpu"
-    scalar = isinstance(p, (int, float, np.floating)) and bool(np.isfinite(p))
+    scalar = isinstance(p, (float, np.floating)) and bool(np.isfinite(p))  # int p: JAX raises
     p_dtype = jax.dtypes.canonicalize_dtype(np.float64)  # JAX's dtype for a Python float
     if enabled and scalar and p_dtype == np.float32:
         p32 = np.float32(p)

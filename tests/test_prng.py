@@ -73,6 +73,9 @@ def test_other_keys_fall_back_to_jax():
     # a traced probability is not a Python scalar: JAX's path
     f = jax.jit(lambda p: prng.bernoulli(jax.random.key(2), p, (6,), enabled=True))
     np.testing.assert_array_equal(f(0.4), jax.random.bernoulli(jax.random.key(2), 0.4, (6,)))
+    # an integer p is JAX's error, not a mask
+    with pytest.raises(TypeError, match="floating"):
+        prng.bernoulli(jax.random.key(2), 1, (6,), enabled=True)
 
 
 def test_enabled_compiles_without_the_rolled_loop():
