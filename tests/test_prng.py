@@ -88,3 +88,11 @@ def test_enabled_compiles_without_the_rolled_loop():
     assert " while(" not in hlo(True)
     if jax.default_backend() == "cpu":  # JAX's own lowering on CPU: a rolled loop
         assert " while(" in hlo(False)
+
+
+def test_vmapped_keys_give_jax_masks():
+    keys = jax.random.split(jax.random.key(0), 3)
+    ours = jax.vmap(lambda k: prng.bernoulli(k, 0.7, (5, 4), enabled=True))(keys)
+    np.testing.assert_array_equal(
+        ours, jax.vmap(lambda k: jax.random.bernoulli(k, 0.7, (5, 4)))(keys)
+    )
