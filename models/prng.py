@@ -90,10 +90,7 @@ def bernoulli(key: Array, p: float, shape: Sequence[int], enabled: bool | None =
         p32 = np.float32(p)
         bits = random_bits32(key, shape)
         if bits is not None:
-            threshold = np.ceil(np.float64(p32) * 2.0**23)
-            if threshold <= 0:
-                return lax.full(shape, False)
-            if threshold > 2**23:
-                return lax.full(shape, True)
+            # m = bits >> 9 lies in [0, 2**23): a threshold of 0 keeps nothing, 2**23 everything.
+            threshold = np.clip(np.ceil(np.float64(p32) * 2.0**23), 0, 2**23)
             return lax.shift_right_logical(bits, np.uint32(9)) < np.uint32(threshold)
     return jax.random.bernoulli(key, p, shape)
