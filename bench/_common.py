@@ -67,6 +67,21 @@ def median_time(fn, *args, repeats=5, warmup=1):
     return float(np.median(times)), times
 
 
+def interleaved(fns, repeats, warmup=1):
+    """Wall times of every `fns[name]()` (blocking on the result), timed round robin after
+    `warmup` runs of each: `({name: median}, {name: [times]})`."""
+    for fn in fns.values():
+        for _ in range(warmup):
+            jax.block_until_ready(fn())
+    times = {name: [] for name in fns}
+    for r in range(repeats):
+        for name in fns if r % 2 == 0 else list(fns)[::-1]:
+            t0 = time.perf_counter()
+            jax.block_until_ready(fns[name]())
+            times[name].append(time.perf_counter() - t0)
+    return {name: float(np.median(ts)) for name, ts in times.items()}, times
+
+
 def environment():
     return {
         "jax": jax.__version__,

@@ -17,12 +17,10 @@ bench/results/conditional_overhead.json.
 """
 
 import argparse
-import time
 
 import _common
 import jax
 import jax.numpy as jnp
-import numpy as np
 
 import controllable_generation as cg
 import sampling
@@ -30,20 +28,6 @@ import sde_lib
 import utils
 from experiments import controllable as cl
 from models import wideresnet_noise_conditional as wrn
-
-
-def _interleaved(fns, repeats, warmup=1):
-    """Median wall time of every `fns[name]()` (blocking), timed round robin."""
-    for fn in fns.values():
-        for _ in range(warmup):
-            jax.block_until_ready(fn())
-    times = {name: [] for name in fns}
-    for r in range(repeats):
-        for name in fns if r % 2 == 0 else list(fns)[::-1]:
-            t0 = time.perf_counter()
-            jax.block_until_ready(fns[name]())
-            times[name].append(time.perf_counter() - t0)
-    return {name: float(np.median(ts)) for name, ts in times.items()}
 
 
 def main():
@@ -72,7 +56,7 @@ def main():
     labels = jnp.arange(args.batch) % 10
     score_jit, grad_jit = jax.jit(score_fn), jax.jit(grad_fn)
     nets = {"score": lambda: score_jit(x, t), "grad": lambda: grad_jit(x, t, labels)}
-    net_s = _interleaved(nets, repeats=20, warmup=2)
+    net_s, _ = _common.interleaved(nets, repeats=20, warmup=2)
     score_s, grad_s = net_s["score"], net_s["grad"]
 
     pc = ("reverse_diffusion", "langevin")
@@ -92,7 +76,9 @@ def main():
     nfe = {name: int(fn(jax.random.key(4))[1]) for name, fn in runs.items()}
     assert len(set(nfe.values())) == 1, nfe
     key = jax.random.key(5)
-    wall = _interleaved({n: (lambda fn=fn: fn(key)[0]) for n, fn in runs.items()}, args.repeats)
+    wall, _ = _common.interleaved(
+        {n: (lambda fn=fn: fn(key)[0]) for n, fn in runs.items()}, args.repeats
+    )
     base = wall["unconditional"]
     ratios = {name: wall[name] / base for name in runs if name != "unconditional"}
     expected = 1.0 + grad_s / score_s

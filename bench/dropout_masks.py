@@ -2,9 +2,8 @@
 `jax.random.bernoulli` (on CPU a rolled loop over the whole array), in the same process.
 
 Masks: a dropout (mask, scale, select) of the maps DDPM++ cont. drops at batch 8, standalone,
-median of `--repeats`. Train step (`--train_step`): the full CIFAR-10 config's jitted train step
-at batch 8 built twice, once with each mask, run interleaved (first run of each dropped), median
-of the rest, and the params after the steps compared (the masks are the same, so they must be
+the two timed round robin, median of `--repeats`. Train step (`--train_step`): the full CIFAR-10 config's jitted train step
+at batch 8 built twice, once with each mask, run interleaved after one warm-up run of each, and the params after the steps compared (the masks are the same, so they must be
 identical). Writes bench/results/dropout_masks.json.
 
     python bench/dropout_masks.py [--train_step] [--model ddpmpp|ncsnpp] [--repeats 21]
@@ -12,12 +11,10 @@ identical). Writes bench/results/dropout_masks.json.
 
 import argparse
 import importlib
-import time
 
 import _common
 import jax
 import jax.numpy as jnp
-import numpy as np
 
 import losses
 from models import prng
@@ -43,12 +40,15 @@ def dropout(enabled, rate=0.1):
 
 def masks(repeats):
     rows = []
+    fns = {"jax": dropout(False), "fused": dropout(True)}
     for shape in SHAPES:
         x = jax.random.normal(jax.random.key(0), shape)
         key = jax.random.key(1)
-        t_jax, _ = _common.median_time(dropout(False), key, x, repeats=repeats)
-        t_fused, _ = _common.median_time(dropout(True), key, x, repeats=repeats)
-        same = bool((dropout(False)(key, x) == dropout(True)(key, x)).all())
+        median, _ = _common.interleaved(
+            {n: (lambda f=f, key=key, x=x: f(key, x)) for n, f in fns.items()}, repeats
+        )
+        t_jax, t_fused = median["jax"], median["fused"]
+        same = bool((fns["jax"](key, x) == fns["fused"](key, x)).all())
         rows.append(
             {"shape": shape, "jax_ms": t_jax * 1e3, "fused_ms": t_fused * 1e3,
              "ratio": t_fused / t_jax, "same_output": same}
@@ -91,13 +91,12 @@ def train_step(model_name, repeats):
         for n in compiled
     }
     x = jax.device_put(jax.random.uniform(jax.random.key(2), (1, 8, 32, 32, 3)), bs)
-    times = {n: [] for n in compiled}
-    for i in range(repeats + 1):
-        for n in ("jax", "fused") if i % 2 == 0 else ("fused", "jax"):
-            t0 = time.perf_counter()
-            state[n], metrics = compiled[n](state[n], x)
-            float(metrics["loss"][0])
-            times[n].append(time.perf_counter() - t0)
+
+    def run(n):
+        state[n], metrics = compiled[n](state[n], x)
+        return metrics["loss"]
+
+    median, times = _common.interleaved({n: (lambda n=n: run(n)) for n in compiled}, repeats)
     diff = max(
         jax.tree.leaves(
             jax.tree.map(
@@ -106,7 +105,6 @@ def train_step(model_name, repeats):
             )
         )
     )  # fmt: skip
-    median = {n: float(np.median(t[1:])) for n, t in times.items()}
     ratio = median["fused"] / median["jax"]
     print(f"{model_name} train step: jax masks {median['jax']:.3f} s, fused {median['fused']:.3f} s, "
           f"ratio {ratio:.3f}; max |params difference| {diff}; HLO instructions "
