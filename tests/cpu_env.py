@@ -1,11 +1,20 @@
 """The XLA flags of the test session and the environment of the command lines tests start:
-simulated CPU devices (the sharding and multi-host tests), unbuffered output."""
+simulated CPU devices (the sharding and multi-host tests), the command lines' XLA:CPU flags
+(`utils.XLA_CPU_FLAGS`), unbuffered output."""
 
 import os
+import pathlib
+import sys
+
+ROOT = pathlib.Path(__file__).resolve().parents[1]
 
 
 def xla_flags(devices: int) -> str:
-    return f"--xla_force_host_platform_device_count={devices}"
+    if str(ROOT) not in sys.path:
+        sys.path.insert(0, str(ROOT))
+    import utils
+
+    return utils.with_xla_cpu_flags(f"--xla_force_host_platform_device_count={devices}")
 
 
 def env(devices: int, **extra: str) -> dict:
