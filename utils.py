@@ -110,9 +110,10 @@ def default_compilation_cache_dir() -> str:
 
 def setup_jax_runtime(cache_dir: str | None = None) -> str | None:
     """What the command lines set up before anything compiles: XLA:CPU's kernel choice
-    (`configure_xla_cpu`) and JAX's persistent compilation cache, so that a second start of the same run (and eval, sweeps or a resumed run of the
-    same model) loads its executables instead of compiling them (the full DDPM++ train step
-    takes ~46 s to compile on 2 CPU cores).
+    (`configure_xla_cpu`, so call this before the first JAX computation) and JAX's persistent
+    compilation cache, so that a second start of the same run (and eval, sweeps or a resumed
+    run of the same model) loads its executables instead of compiling them (the full DDPM++
+    train step takes ~46 s to compile on 2 CPU cores).
 
     The cache is per user and machine rather than per workdir: runs and modes of one model
     share entries, it stays on local disk when the workdir is on GCS, and executables built for
