@@ -6,13 +6,14 @@ import sys
 
 import cpu_env
 
-# Simulated devices for the sharding tests; must be set before jax is imported anywhere.
-os.environ.setdefault("XLA_FLAGS", cpu_env.xla_flags(8))
 os.environ.setdefault("JAX_PLATFORMS", "cpu")
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 # etils.epath decides once per process (functools.cache) whether gs:// goes through
 # TensorFlow's gfile, which ignores the GCS emulator of the `gcs_emulator` fixture: fsspec.
 os.environ.setdefault("EPATH_USE_TF", "false")
+# Simulated devices for the sharding tests and the command lines' XLA:CPU flags; must be set
+# before JAX creates its backends (cpu_env imports `utils`, and so jax, after the lines above).
+os.environ.setdefault("XLA_FLAGS", cpu_env.xla_flags(8))
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
 if str(ROOT) not in sys.path:
