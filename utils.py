@@ -88,9 +88,10 @@ def configure_xla_cpu() -> bool:
     backends: returns False, with a warning, when it had to add one and that has happened
     already in this process."""
     flags = os.environ.get("XLA_FLAGS", "")
-    if with_xla_cpu_flags(flags) == " ".join(flags.split()):
+    merged = with_xla_cpu_flags(flags)
+    if merged == " ".join(flags.split()):
         return True
-    os.environ["XLA_FLAGS"] = with_xla_cpu_flags(flags)
+    os.environ["XLA_FLAGS"] = merged
     from jax._src import xla_bridge
 
     if xla_bridge.backends_are_initialized():

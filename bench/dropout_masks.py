@@ -2,9 +2,10 @@
 `jax.random.bernoulli` (on CPU a rolled loop over the whole array), in the same process.
 
 Masks: a dropout (mask, scale, select) of the maps DDPM++ cont. drops at batch 8, standalone,
-the two timed round robin, median of `--repeats`. Train step (`--train_step`): the full CIFAR-10 config's jitted train step
-at batch 8 built twice, once with each mask, run interleaved after one warm-up run of each, and the params after the steps compared (the masks are the same, so they must be
-identical). Writes bench/results/dropout_masks.json.
+the two timed round robin, median of `--repeats`. Train step (`--train_step`): the full
+CIFAR-10 config's jitted train step at batch 8 built twice, once with each mask, run
+interleaved after one warm-up run of each, and the params after the steps compared (the masks
+are the same, so they must be identical). Writes bench/results/dropout_masks.json.
 
     python bench/dropout_masks.py [--train_step] [--model ddpmpp|ncsnpp] [--repeats 21]
 """

@@ -2,7 +2,10 @@
 release_host_memory."""
 
 import gc
+import json
 import os
+import subprocess
+import sys
 import weakref
 
 import jax
@@ -96,7 +99,7 @@ _PROBE = """
 import json, os, sys
 sys.path.insert(0, sys.argv[1])
 import utils
-before = utils.setup_jax_runtime("off")
+utils.setup_jax_runtime("off")
 import jax, jax.numpy as jnp
 from jax import lax
 dn = ("NHWC", "HWIO", "NHWC")
@@ -131,14 +134,10 @@ print(json.dumps({"flags": os.environ["XLA_FLAGS"], "err": err, "late": late,
 """
 
 
-def test_setup_routes_convolutions_off_ynnpack(tmp_path):
+def test_setup_routes_convolutions_off_ynnpack():
     """In a fresh process `setup_jax_runtime` puts `XLA_CPU_FLAGS` in effect: convolutions (and
     their gradients) compile to XLA's own kernels, products still to YNNPACK, the values as
     YNNPACK's to float rounding; added once the backends exist, it warns and returns False."""
-    import json
-    import subprocess
-    import sys
-
     env = {k: v for k, v in os.environ.items() if k != "XLA_FLAGS"}
     done = subprocess.run([sys.executable, "-c", _PROBE, str(utils.__file__).rsplit("/", 1)[0]],
                           env=env, capture_output=True, text=True, timeout=300)  # fmt: skip
